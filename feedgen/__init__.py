@@ -1,0 +1,1 @@
+"""Feed generators: index the firehose and serve getFeedSkeleton."""

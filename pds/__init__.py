@@ -1,0 +1,1 @@
+"""The personal data server: accounts, signed repos, blobs, sync and the firehose."""

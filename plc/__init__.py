@@ -1,0 +1,1 @@
+"""A did:plc directory."""

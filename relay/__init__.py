@@ -1,0 +1,1 @@
+"""The relay: crawls hosts, verifies every commit, re-sequences one firehose."""

@@ -1,0 +1,325 @@
+"""Content identifiers (CIDs): the hash links of the atproto data model.
+
+atproto generates exactly one CID form: CIDv1, SHA-256, codec ``dag-cbor``
+(0x71, records, MST nodes, commits) or ``raw`` (0x55, blobs). Its binary form
+is 36 bytes, its string form ``b`` + lower-case unpadded base32 (59
+characters, ``bafyrei...`` / ``bafkrei...``).
+
+On read we accept any well-formed CIDv1 (other codecs or hashes appear in
+third-party records) and keep it byte for byte; ``is_blessed`` tells whether a
+CID has the generated form, which commits and MST nodes require.
+
+Formatting and parsing are on hot paths (JSON output, firehose decoding,
+cursor handling), so the base32 work is done in C by the DAG-CBOR codec's
+``$link`` conversion, with a pure-Python fallback. ``str()`` is cached.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Any, Final
+
+from roost.errors import CidError
+from roost.limits import MAX_CID_BYTES
+
+__all__ = ["CID", "DAG_CBOR", "RAW", "SHA2_256"]
+
+#: Multicodec of a DAG-CBOR (DRISL) block.
+DAG_CBOR: Final = 0x71
+#: Multicodec of raw bytes (blobs).
+RAW: Final = 0x55
+#: Multihash code of SHA-256.
+SHA2_256: Final = 0x12
+
+_PREFIX_DAG_CBOR: Final = b"\x01\x71\x12\x20"
+_PREFIX_RAW: Final = b"\x01\x55\x12\x20"
+_sha256 = hashlib.sha256
+
+try:  # C base32 from cbrrr's atproto-JSON mode ({"$link": "b..."} <-> tag 42)
+    from cbrrr import _cbrrr
+
+    _c_decode = _cbrrr.decode_dag_cbor
+    _c_encode = _cbrrr.encode_dag_cbor
+    _c_decode(b"\xd8\x2a\x41\x00", None, True)  # probe the private API once
+except Exception:  # pragma: no cover - only without a compatible cbrrr
+    _c_decode = _c_encode = None
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """Unsigned LEB128 at ``pos``: (value, next position). Minimal form only."""
+    value = 0
+    shift = 0
+    while True:
+        if pos >= len(data):
+            raise CidError("CID ends inside a varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            if byte == 0 and shift:
+                raise CidError("CID varint is not minimally encoded")
+            return value, pos
+        shift += 7
+        if shift > 56:
+            raise CidError("CID varint is too long")
+
+
+def _check_binary(data: bytes) -> None:
+    """Raise unless ``data`` is a well-formed binary CIDv1."""
+    if len(data) == 36 and (data[:4] == _PREFIX_DAG_CBOR or data[:4] == _PREFIX_RAW):
+        return
+    if len(data) > MAX_CID_BYTES:
+        raise CidError(f"CID is {len(data)} bytes, more than {MAX_CID_BYTES}")
+    if len(data) >= 2 and data[0] == 0x12 and data[1] == 0x20:
+        raise CidError("CIDv0 is not allowed")
+    version, pos = _read_varint(data, 0)
+    if version != 1:
+        raise CidError(f"CID version {version} is not supported (only CIDv1)")
+    _codec, pos = _read_varint(data, pos)
+    _hash_code, pos = _read_varint(data, pos)
+    digest_len, pos = _read_varint(data, pos)
+    if len(data) - pos != digest_len:
+        raise CidError(
+            f"CID multihash declares {digest_len} digest bytes but has {len(data) - pos}"
+        )
+
+
+def _b32_format(data: bytes) -> str:
+    if _c_decode is not None:
+        head = b"\xd8\x2a" + _bytes_head(len(data) + 1) + b"\x00"
+        return _c_decode(head + data, None, True)[0]["$link"]  # type: ignore[no-any-return]
+    return "b" + base64.b32encode(data).decode("ascii").lower().rstrip("=")
+
+
+def _b32_parse(text: str) -> bytes:
+    if _c_encode is not None:
+        try:
+            out: bytes = _c_encode({"$link": text}, None, True)
+        except ValueError as exc:
+            raise CidError(f"bad CID string: {exc}") from None
+        # tag 42 head (2 bytes) + byte-string head + 0x00 prefix
+        return out[4:] if out[2] < 0x58 else out[5:] if out[2] == 0x58 else out[6:]
+    if not text.startswith("b"):
+        raise CidError("bad CID string: only base32 ('b') multibase is supported")
+    body = text[1:]
+    if not body.isascii() or body != body.lower() or "=" in body:
+        raise CidError("bad CID string: invalid base32 character")
+    try:
+        raw = base64.b32decode(body.upper() + "=" * (-len(body) % 8))
+    except ValueError:
+        raise CidError("bad CID string: invalid base32") from None
+    if _b32_format_py(raw) != text:
+        raise CidError("bad CID string: non-canonical base32")
+    return raw
+
+
+def _b32_format_py(data: bytes) -> str:
+    return "b" + base64.b32encode(data).decode("ascii").lower().rstrip("=")
+
+
+def _bytes_head(n: int) -> bytes:
+    if n < 24:
+        return bytes((0x40 | n,))
+    if n < 256:
+        return bytes((0x58, n))
+    return bytes((0x59, n >> 8, n & 0xFF))
+
+
+class CID:
+    """An immutable CID. Build with ``parse``, ``from_bytes``, ``for_cbor`` or ``for_raw``.
+
+    Equality and hashing use the binary form; ordering is bytewise over it.
+    """
+
+    __slots__ = ("_bytes", "_str")
+
+    _bytes: bytes
+    _str: str | None
+
+    def __init__(self, data: bytes) -> None:
+        """Wrap a binary CID (no multibase prefix), checking that it is well-formed."""
+        if type(data) is not bytes:
+            if isinstance(data, (bytearray, memoryview)):
+                data = bytes(data)
+            else:
+                raise CidError(f"CID bytes must be bytes, not {type(data).__name__}")
+        _check_binary(data)
+        object.__setattr__(self, "_bytes", data)
+        object.__setattr__(self, "_str", None)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("CID is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("CID is immutable")
+
+    # -- construction ------------------------------------------------------
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CID:
+        """A CID from its binary form (36 bytes for the blessed form)."""
+        return cls(data)
+
+    @classmethod
+    def from_str(cls, text: str) -> CID:
+        """A CID from its multibase string; only base32 (``b...``) is accepted."""
+        if type(text) is not str:
+            raise CidError(f"CID string must be str, not {type(text).__name__}")
+        cid = cls(_b32_parse(text))
+        object.__setattr__(cid, "_str", text)
+        return cid
+
+    @classmethod
+    def parse(cls, value: str | bytes | CID) -> CID:
+        """A CID from a string, binary bytes, or a CID (returned as is)."""
+        if isinstance(value, CID):
+            return value
+        if isinstance(value, str):
+            return cls.from_str(value)
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return cls(bytes(value))
+        raise CidError(f"cannot make a CID from {type(value).__name__}")
+
+    @classmethod
+    def for_cbor_bytes(cls, block: bytes) -> CID:
+        """The dag-cbor CID of already encoded bytes."""
+        cid = object.__new__(cls)
+        object.__setattr__(cid, "_bytes", _PREFIX_DAG_CBOR + _sha256(block).digest())
+        object.__setattr__(cid, "_str", None)
+        return cid
+
+    @classmethod
+    def for_cbor(cls, value: Any) -> CID:
+        """The dag-cbor CID of a data-model value (encoded strictly first)."""
+        from roost.cbor import encode
+
+        return cls.for_cbor_bytes(encode(value))
+
+    @classmethod
+    def for_raw(cls, data: bytes) -> CID:
+        """The raw-codec CID of blob bytes."""
+        cid = object.__new__(cls)
+        object.__setattr__(cid, "_bytes", _PREFIX_RAW + _sha256(data).digest())
+        object.__setattr__(cid, "_str", None)
+        return cid
+
+    # -- properties --------------------------------------------------------
+
+    @property
+    def bytes(self) -> bytes:
+        """The binary CID."""
+        return self._bytes
+
+    @property
+    def version(self) -> int:
+        return 1
+
+    @property
+    def codec(self) -> int:
+        """Multicodec of the content (0x71 dag-cbor, 0x55 raw, ...)."""
+        b = self._bytes
+        if len(b) == 36 and b[0] == 1 and b[1] < 0x80:
+            return b[1]
+        return _read_varint(b, 1)[0]
+
+    @property
+    def hash_code(self) -> int:
+        """Multihash function code (0x12 for SHA-256)."""
+        pos = _read_varint(self._bytes, 1)[1]
+        return _read_varint(self._bytes, pos)[0]
+
+    @property
+    def digest(self) -> bytes:
+        """The hash digest bytes."""
+        b = self._bytes
+        pos = _read_varint(b, 1)[1]
+        pos = _read_varint(b, pos)[1]
+        length, pos = _read_varint(b, pos)
+        return b[pos : pos + length]
+
+    @property
+    def is_blessed(self) -> bool:
+        """True for the two forms atproto generates (v1, sha-256, dag-cbor or raw)."""
+        b = self._bytes
+        return len(b) == 36 and (b[:4] == _PREFIX_DAG_CBOR or b[:4] == _PREFIX_RAW)
+
+    @property
+    def is_dag_cbor(self) -> bool:
+        """True for a blessed dag-cbor CID (records, MST nodes, commits)."""
+        return len(self._bytes) == 36 and self._bytes[:4] == _PREFIX_DAG_CBOR
+
+    @property
+    def is_raw(self) -> bool:
+        """True for a blessed raw CID (blobs)."""
+        return len(self._bytes) == 36 and self._bytes[:4] == _PREFIX_RAW
+
+    def matches(self, block: bytes) -> bool:
+        """True if ``block`` hashes to this CID (SHA-256 CIDs only)."""
+        b = self._bytes
+        if len(b) == 36 and b[2:4] == b"\x12\x20":
+            return _sha256(block).digest() == b[4:]
+        return False
+
+    # -- protocol ----------------------------------------------------------
+
+    def __bytes__(self) -> bytes:
+        return self._bytes
+
+    def __str__(self) -> str:
+        s = self._str
+        if s is None:
+            s = _b32_format(self._bytes)
+            object.__setattr__(self, "_str", s)
+        return s
+
+    def encode(self) -> str:
+        """The base32 string form (same as ``str()``)."""
+        return self.__str__()
+
+    def __repr__(self) -> str:
+        return f"CID({self.__str__()!r})"
+
+    def __hash__(self) -> int:
+        return hash(self._bytes)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is CID:
+            return self._bytes == other._bytes
+        return NotImplemented
+
+    def __ne__(self, other: object) -> bool:
+        if type(other) is CID:
+            return self._bytes != other._bytes
+        return NotImplemented
+
+    def __lt__(self, other: CID) -> bool:
+        return self._bytes < other._bytes
+
+    def __le__(self, other: CID) -> bool:
+        return self._bytes <= other._bytes
+
+    def __gt__(self, other: CID) -> bool:
+        return self._bytes > other._bytes
+
+    def __ge__(self, other: CID) -> bool:
+        return self._bytes >= other._bytes
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (CID, (self._bytes,))
+
+    def __copy__(self) -> CID:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> CID:
+        return self
+
+
+def _cid_from_link(data: bytes) -> CID:
+    """CID constructor used by the DAG-CBOR decoder for tag-42 payloads."""
+    cid = object.__new__(CID)
+    if not (len(data) == 36 and (data[:4] == _PREFIX_DAG_CBOR or data[:4] == _PREFIX_RAW)):
+        _check_binary(data)
+    object.__setattr__(cid, "_bytes", data)
+    object.__setattr__(cid, "_str", None)
+    return cid
