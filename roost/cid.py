@@ -34,6 +34,7 @@ SHA2_256: Final = 0x12
 
 _PREFIX_DAG_CBOR: Final = b"\x01\x71\x12\x20"
 _PREFIX_RAW: Final = b"\x01\x55\x12\x20"
+_BLESSED_PREFIXES: Final = (_PREFIX_DAG_CBOR, _PREFIX_RAW)
 _sha256 = hashlib.sha256
 
 try:  # C base32 from cbrrr's atproto-JSON mode ({"$link": "b..."} <-> tag 42)
@@ -67,7 +68,7 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
 
 def _check_binary(data: bytes) -> None:
     """Raise unless ``data`` is a well-formed binary CIDv1."""
-    if len(data) == 36 and (data[:4] == _PREFIX_DAG_CBOR or data[:4] == _PREFIX_RAW):
+    if len(data) == 36 and data.startswith(_BLESSED_PREFIXES):
         return
     if len(data) > MAX_CID_BYTES:
         raise CidError(f"CID is {len(data)} bytes, more than {MAX_CID_BYTES}")
@@ -145,8 +146,8 @@ class CID:
             else:
                 raise CidError(f"CID bytes must be bytes, not {type(data).__name__}")
         _check_binary(data)
-        object.__setattr__(self, "_bytes", data)
-        object.__setattr__(self, "_str", None)
+        _set_bytes(self, data)
+        _set_str(self, None)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("CID is immutable")
@@ -167,7 +168,7 @@ class CID:
         if type(text) is not str:
             raise CidError(f"CID string must be str, not {type(text).__name__}")
         cid = cls(_b32_parse(text))
-        object.__setattr__(cid, "_str", text)
+        _set_str(cid, text)
         return cid
 
     @classmethod
@@ -184,9 +185,9 @@ class CID:
     @classmethod
     def for_cbor_bytes(cls, block: bytes) -> CID:
         """The dag-cbor CID of already encoded bytes."""
-        cid = object.__new__(cls)
-        object.__setattr__(cid, "_bytes", _PREFIX_DAG_CBOR + _sha256(block).digest())
-        object.__setattr__(cid, "_str", None)
+        cid = _new(cls)
+        _set_bytes(cid, _PREFIX_DAG_CBOR + _sha256(block).digest())
+        _set_str(cid, None)
         return cid
 
     @classmethod
@@ -199,9 +200,9 @@ class CID:
     @classmethod
     def for_raw(cls, data: bytes) -> CID:
         """The raw-codec CID of blob bytes."""
-        cid = object.__new__(cls)
-        object.__setattr__(cid, "_bytes", _PREFIX_RAW + _sha256(data).digest())
-        object.__setattr__(cid, "_str", None)
+        cid = _new(cls)
+        _set_bytes(cid, _PREFIX_RAW + _sha256(data).digest())
+        _set_str(cid, None)
         return cid
 
     # -- properties --------------------------------------------------------
@@ -242,7 +243,7 @@ class CID:
     def is_blessed(self) -> bool:
         """True for the two forms atproto generates (v1, sha-256, dag-cbor or raw)."""
         b = self._bytes
-        return len(b) == 36 and (b[:4] == _PREFIX_DAG_CBOR or b[:4] == _PREFIX_RAW)
+        return len(b) == 36 and b.startswith(_BLESSED_PREFIXES)
 
     @property
     def is_dag_cbor(self) -> bool:
@@ -270,7 +271,7 @@ class CID:
         s = self._str
         if s is None:
             s = _b32_format(self._bytes)
-            object.__setattr__(self, "_str", s)
+            _set_str(self, s)
         return s
 
     def encode(self) -> str:
@@ -315,11 +316,17 @@ class CID:
         return self
 
 
+# Slot setters: construction bypasses the immutability guard in __setattr__.
+_new = object.__new__
+_set_bytes = CID._bytes.__set__  # type: ignore[attr-defined]
+_set_str = CID._str.__set__  # type: ignore[attr-defined]
+
+
 def _cid_from_link(data: bytes) -> CID:
     """CID constructor used by the DAG-CBOR decoder for tag-42 payloads."""
-    cid = object.__new__(CID)
-    if not (len(data) == 36 and (data[:4] == _PREFIX_DAG_CBOR or data[:4] == _PREFIX_RAW)):
+    if len(data) != 36 or not data.startswith(_BLESSED_PREFIXES):
         _check_binary(data)
-    object.__setattr__(cid, "_bytes", data)
-    object.__setattr__(cid, "_str", None)
+    cid = _new(CID)
+    _set_bytes(cid, data)
+    _set_str(cid, None)
     return cid

@@ -26,13 +26,9 @@ def interop_path(relative: str) -> Path:
 
 def read_cases(relative: str) -> list[tuple[int, str]]:
     """(line number, case) for every case line of a ``*.txt`` vector file, untrimmed."""
-    text = interop_path(relative).read_text(encoding="utf-8")
-    cases = []
-    for number, line in enumerate(text.split("\n"), start=1):
-        line = line.removesuffix("\r")
-        if line and not line.startswith("#"):
-            cases.append((number, line))
-    return cases
+    with open(interop_path(relative), encoding="utf-8", newline="") as f:
+        lines = [line.removesuffix("\r") for line in f.read().split("\n")]
+    return [(n, line) for n, line in enumerate(lines, start=1) if line and not line.startswith("#")]
 
 
 def load_json(relative: str) -> Any:
