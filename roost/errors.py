@@ -28,6 +28,22 @@ Tree::
     │   ├── UnsupportedKeyType         a key that is neither k256 nor p256
     │   ├── InvalidKey                 malformed key bytes or did:key string
     │   └── InvalidSignature           a signature that does not verify (strict)
+    ├── RepoError                      a repository or its parts are invalid
+    │   ├── CarError                   a CAR file is malformed
+    │   │   ├── CarTruncated           input ends inside a varint, header or block
+    │   │   ├── CarHeaderError         header is not {roots, version: 1}
+    │   │   └── CarBlockTooLarge       a section exceeds the size limit
+    │   ├── BlockHashMismatch          a block's bytes do not hash to its CID
+    │   ├── MissingBlock               a needed block is not present
+    │   ├── InvalidMst                 an MST node or tree shape breaks the rules
+    │   ├── InvalidCommit              a commit object is malformed
+    │   │   ├── BadCommitSignature     the signature does not verify
+    │   │   └── WrongDid               the commit is for another DID
+    │   ├── InvalidRepoPath            not <collection NSID>/<record key>
+    │   ├── InvalidSwap                (InvalidSwap) a swap check failed
+    │   ├── RecordNotFound             (RecordNotFound) no record at that path
+    │   ├── RecordExists               a create for a path that already exists
+    │   └── InvertError                sync v1.1: ops do not invert to prevData
     └── JwtError                       (401) a JSON Web Token is rejected
         ├── BadJwt                     malformed token
         ├── BadJwtType
@@ -63,6 +79,22 @@ __all__ = [
     "UnsupportedKeyType",
     "InvalidKey",
     "InvalidSignature",
+    "RepoError",
+    "CarError",
+    "CarTruncated",
+    "CarHeaderError",
+    "CarBlockTooLarge",
+    "BlockHashMismatch",
+    "MissingBlock",
+    "InvalidMst",
+    "InvalidCommit",
+    "BadCommitSignature",
+    "WrongDid",
+    "InvalidRepoPath",
+    "InvalidSwap",
+    "RecordNotFound",
+    "RecordExists",
+    "InvertError",
     "JwtError",
     "BadJwt",
     "BadJwtType",
@@ -193,6 +225,83 @@ class InvalidKey(CryptoError):
 
 class InvalidSignature(CryptoError):
     """A signature that does not verify under atproto's strict rules."""
+
+
+# -- repository -------------------------------------------------------------
+
+
+class RepoError(RoostError):
+    """A repository, CAR file, MST or commit is invalid."""
+
+
+class CarError(RepoError):
+    """A CAR file is malformed."""
+
+
+class CarTruncated(CarError):
+    """The input ends inside a varint, the header or a block section."""
+
+
+class CarHeaderError(CarError):
+    """The CAR header is not a DAG-CBOR map ``{roots: [CID...], version: 1}``."""
+
+
+class CarBlockTooLarge(CarError):
+    """A header or block section is larger than the configured limit."""
+
+
+class BlockHashMismatch(RepoError):
+    """A block's bytes do not hash to the CID it is stored under."""
+
+
+class MissingBlock(RepoError):
+    """A block that is needed (MST node, record, commit) is not present."""
+
+    error = "BlockNotFound"
+
+    def __init__(self, message: str, cid: object = None) -> None:
+        super().__init__(message)
+        self.cid = cid
+
+
+class InvalidMst(RepoError):
+    """An MST node or the shape of a tree breaks the MST rules."""
+
+
+class InvalidCommit(RepoError):
+    """A commit object is malformed (fields, version, types)."""
+
+
+class BadCommitSignature(InvalidCommit):
+    """The commit signature does not verify with the expected key."""
+
+
+class WrongDid(InvalidCommit):
+    """The commit belongs to a different DID than expected."""
+
+
+class InvalidRepoPath(RepoError):
+    """A repo path that is not ``<collection NSID>/<record key>``."""
+
+
+class InvalidSwap(RepoError):
+    """A swap (compare-and-set) check failed."""
+
+    error = "InvalidSwap"
+
+
+class RecordNotFound(RepoError):
+    """No record at the given path."""
+
+    error = "RecordNotFound"
+
+
+class RecordExists(RepoError):
+    """A create names a path that already holds a record."""
+
+
+class InvertError(RepoError):
+    """Sync v1.1: a commit's ops do not invert to its ``prevData``."""
 
 
 # -- JWT --------------------------------------------------------------------

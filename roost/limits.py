@@ -40,3 +40,10 @@ MAX_LANGUAGE_LENGTH = 128
 MAX_JWT_BYTES = 8_192
 #: Clock skew tolerated on ``iat``/``exp`` checks, seconds.
 JWT_CLOCK_SKEW_SECONDS = 30
+
+# -- CAR / blocks -----------------------------------------------------------
+
+#: Largest CAR header we read (DAG-CBOR ``{roots, version}``; one root: 57 bytes).
+MAX_CAR_HEADER_BYTES = 65_536
+#: Largest block in one CAR section, CID not counted (records are at most 1 MiB).
+MAX_CAR_BLOCK_BYTES = MAX_BLOCK_BYTES
