@@ -68,8 +68,12 @@ _DecodeErrors = (ValueError, TypeError, OverflowError, RecursionError, cbrrr.Cbr
 # -- binary -----------------------------------------------------------------
 
 
-def encode(value: Any) -> bytes:
-    """Encode a data-model value as canonical DAG-CBOR bytes."""
+def encode(value: Any, *, check_floats: bool = True) -> bytes:
+    """Encode a data-model value as canonical DAG-CBOR bytes.
+
+    ``check_floats=False`` is for values roost builds itself from known
+    types (MST nodes, commits), where no float can occur.
+    """
     try:
         if _encode_c is not None:
             out: bytes = _encode_c(value, CID, False)
@@ -81,7 +85,7 @@ def encode(value: Any) -> bytes:
         raise CborEncodeError(_encode_message(value, exc)) from None
     # cbrrr writes floats as 0xfb + 8 bytes; atproto forbids them. The byte
     # can also occur inside strings, bytes or hashes, so only then walk.
-    if b"\xfb" in out and _find_float(value):
+    if check_floats and b"\xfb" in out and _find_float(value):
         raise CborEncodeError("floats are not allowed in atproto data")
     return out
 
@@ -134,8 +138,12 @@ def _find_float(value: Any) -> bool:
     return False
 
 
-def decode(data: bytes) -> Any:
-    """Decode exactly one strict DAG-CBOR item; raise ``CborDecodeError`` otherwise."""
+def decode(data: bytes, *, check_floats: bool = True) -> Any:
+    """Decode exactly one strict DAG-CBOR item; raise ``CborDecodeError`` otherwise.
+
+    ``check_floats=False`` skips the float scan, for callers that check the
+    type of every value anyway (MST nodes, commits): they reject floats.
+    """
     if type(data) is not bytes:
         if isinstance(data, (bytearray, memoryview)):
             data = bytes(data)
@@ -155,7 +163,7 @@ def decode(data: bytes) -> Any:
         raise CborDecodeError("CBOR declares a length larger than the input") from None
     if length != len(data):
         raise CborDecodeError(f"trailing bytes after the CBOR item ({len(data) - length})")
-    if b"\xfb" in data and _find_float(value):
+    if check_floats and b"\xfb" in data and _find_float(value):
         raise CborDecodeError("floats are not allowed in atproto data")
     return value
 

@@ -9,8 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, BinaryIO
 
 from roost import __version__
+
+if TYPE_CHECKING:
+    from roost.crypto import PublicKey
 
 __all__ = ["main", "build_parser"]
 
@@ -26,6 +30,86 @@ def _unavailable(name: str) -> Handler:
         return EXIT_UNAVAILABLE
 
     return handler
+
+
+def _open_input(name: str) -> BinaryIO:
+    if name == "-":
+        return sys.stdin.buffer
+    return open(name, "rb")
+
+
+def _repo_inspect(args: argparse.Namespace) -> int:
+    from roost.errors import RoostError
+    from roost.repo import verify_car
+
+    try:
+        with _open_input(args.file) as f:
+            summary = verify_car(f, require_records=False, verify_mst=False)
+    except OSError as exc:
+        print(f"roost repo inspect: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 1
+    except RoostError as exc:
+        print(f"roost repo inspect: {type(exc).__name__}: {exc.message}", file=sys.stderr)
+        return 1
+    print(f"did:      {summary.did}")
+    print(f"rev:      {summary.rev}")
+    print(f"commit:   {summary.commit_cid}")
+    print(f"data:     {summary.data_cid}")
+    print(f"records:  {summary.records} in {len(summary.collections)} collections")
+    for collection, count in sorted(summary.collections.items()):
+        print(f"  {collection:<40} {count:>9}")
+    if summary.missing_records:
+        print(f"missing:  {len(summary.missing_records)} record blocks not in the file")
+    return 0
+
+
+def _repo_verify(args: argparse.Namespace) -> int:
+    from roost.crypto import PublicKey, parse_did_key
+    from roost.errors import RoostError
+    from roost.repo import verify_car
+
+    try:
+        key: PublicKey | None = None
+        if args.key:
+            key = parse_did_key(args.key)
+        elif args.plc_url:
+            if not args.did:
+                print("roost repo verify: --plc-url needs --did", file=sys.stderr)
+                return 2
+            key = _plc_signing_key(args.plc_url, args.did)
+        with _open_input(args.file) as f:
+            summary = verify_car(f, did=args.did, key=key)
+    except OSError as exc:
+        print(f"roost repo verify: cannot read {args.file}: {exc}", file=sys.stderr)
+        return 1
+    except RoostError as exc:
+        print(f"roost repo verify: FAILED: {type(exc).__name__}: {exc.message}", file=sys.stderr)
+        return 1
+    checked = "signature verified" if summary.signature_checked else "signature NOT checked"
+    print(f"ok: {summary.did} rev {summary.rev}, {summary.records} records, {checked}")
+    print(f"data: {summary.data_cid}")
+    return 0
+
+
+def _plc_signing_key(plc_url: str, did: str) -> PublicKey:
+    """The ``#atproto`` key of ``did`` from a did:plc directory (stdlib HTTP)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from roost.crypto import public_key_from_verification_method
+    from roost.errors import RoostError
+
+    url = f"{plc_url.rstrip('/')}/{did}"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            doc = json.loads(response.read(1_000_000))
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise RoostError(f"cannot resolve {did} at {plc_url}: {exc}") from None
+    for vm in doc.get("verificationMethod", []) if isinstance(doc, dict) else []:
+        if isinstance(vm, dict) and str(vm.get("id", "")).endswith("#atproto"):
+            return public_key_from_verification_method(vm)
+    raise RoostError(f"{did} has no #atproto signing key in its DID document")
 
 
 def _add_service_flags(parser: argparse.ArgumentParser) -> None:
@@ -64,11 +148,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     repo = commands.add_parser("repo", help="offline repository tools")
     repo_sub = repo.add_subparsers(dest="action", metavar="ACTION", required=True)
-    for action, text in (("inspect", "describe a repo CAR file"), ("verify", "verify a repo CAR")):
-        cmd = repo_sub.add_parser(action, help=text)
-        cmd.add_argument("file", metavar="FILE.car")
-        cmd.add_argument("--did")
-        cmd.set_defaults(handler=_unavailable(f"repo {action}"))
+    inspect = repo_sub.add_parser("inspect", help="describe a repo CAR file")
+    inspect.add_argument("file", metavar="FILE.car", help="repo CAR file, or - for stdin")
+    inspect.set_defaults(handler=_repo_inspect)
+    verify = repo_sub.add_parser(
+        "verify", help="verify a repo CAR: block hashes, signature, canonical MST, records"
+    )
+    verify.add_argument("file", metavar="FILE.car", help="repo CAR file, or - for stdin")
+    verify.add_argument("--did", help="the DID the repo must belong to")
+    keys = verify.add_mutually_exclusive_group()
+    keys.add_argument("--key", metavar="DID_KEY", help="signing key as did:key")
+    keys.add_argument(
+        "--plc-url", help="check the signature against the DID's current key in this directory"
+    )
+    verify.set_defaults(handler=_repo_verify)
 
     firehose = commands.add_parser("firehose", help="firehose tools")
     fh_sub = firehose.add_subparsers(dest="action", metavar="ACTION", required=True)
