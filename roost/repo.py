@@ -55,6 +55,7 @@ __all__ = [
     "RepoSummary",
     "Write",
     "check_repo_path",
+    "import_car",
     "ops_from_firehose",
     "split_repo_path",
     "verify_car",
@@ -575,6 +576,41 @@ def verify_car(
         record_cids=others,
         verify_mst=verify_mst,
     )
+
+
+#: Blocks written to the store per batch while importing a CAR.
+IMPORT_BATCH_BLOCKS = 2_000
+
+
+def import_car(
+    blocks: BlockStore,
+    source: bytes | IO[bytes],
+    *,
+    did: str | None = None,
+    key: PublicKey | None = None,
+    require_records: bool = True,
+) -> tuple[Repo, RepoSummary]:
+    """Stream a repo CAR into ``blocks`` and verify it there; return the repo.
+
+    Blocks are hash-checked as they stream in and written in batches, so
+    memory stays bounded by the batch size, not the repo size. On failure
+    the blocks already written stay in the store (write into an overlay or a
+    transaction to discard them).
+    """
+    reader = CarReader(source)
+    if len(reader.roots) != 1:
+        raise CarHeaderError(f"repo CAR must have exactly one root, has {len(reader.roots)}")
+    batch: list[tuple[CID, bytes]] = []
+    for item in reader:
+        batch.append(item)
+        if len(batch) >= IMPORT_BATCH_BLOCKS:
+            blocks.put_many(batch)
+            batch = []
+    if batch:
+        blocks.put_many(batch)
+    root = reader.roots[0]
+    summary = verify_repo(blocks, root, did=did, key=key, require_records=require_records)
+    return Repo.load(blocks, root), summary
 
 
 def verify_commit_event(

@@ -37,6 +37,7 @@ from roost.repo import (
     Repo,
     RepoOp,
     Write,
+    import_car,
     ops_from_firehose,
     verify_car,
     verify_commit_event,
@@ -213,6 +214,23 @@ def test_export_verify_and_reload() -> None:
     assert list(loaded.tree) == list(repo.tree)
     # the export holds exactly the commit, every node and every record
     assert len(blocks) == 1 + sum(1 for _ in repo.tree.nodes()) + 300
+
+
+def test_import_into_sqlite(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from roost.blockstore import SqliteBlockStore
+
+    repo = new_repo(120)
+    car = b"".join(repo.export_car())
+    with SqliteBlockStore(tmp_path / "blocks.sqlite") as store:
+        imported, summary = import_car(store, io.BytesIO(car), did=DID, key=KEY.public_key)
+        assert summary.records == 120 and imported.cid == repo.cid
+        assert list(imported.tree) == list(repo.tree)
+        imported, data = imported.apply_writes([Write.create(POST, "3zzzzzzzzzzz2", post("after"))], KEY)
+        verify_event(data)
+    with SqliteBlockStore(tmp_path / "blocks.sqlite") as store:
+        assert Repo.load(store, imported.cid).get_record(POST, "3zzzzzzzzzzz2") is not None
+    with pytest.raises(BadCommitSignature):
+        import_car(MemoryBlockStore(), car, key=PrivateKey.generate("k256").public_key)
 
 
 def test_bulk_create_matches_incremental() -> None:
