@@ -44,6 +44,27 @@ Tree::
     │   ├── RecordNotFound             (RecordNotFound) no record at that path
     │   ├── RecordExists               a create for a path that already exists
     │   └── InvertError                sync v1.1: ops do not invert to prevData
+    ├── LexiconError                   a lexicon document is itself invalid
+    ├── ValidationError                data does not match its lexicon (``path`` names where)
+    ├── PlcError                       a did:plc operation is rejected
+    │   ├── InvalidPlcOperation        malformed op, bad signature, wrong prev, too big...
+    │   └── PlcConflict                (409) the op no longer extends the latest op
+    ├── IdentityError                  a DID or handle does not resolve
+    │   ├── DidNotFound                (DidNotFound)
+    │   ├── HandleNotFound             (HandleNotFound)
+    │   ├── DidDeactivated             (DidDeactivated) tombstoned DID
+    │   ├── UnsafeUrl                  an outbound URL targets a forbidden address
+    │   └── ResolutionFailed           network error, timeout, oversized or bad document
+    ├── AuthRequired                   (401 AuthenticationRequired)
+    ├── Forbidden                      (403 Forbidden)
+    ├── NotFound                       (404 NotFound)
+    ├── MethodNotImplemented           (501 MethodNotImplemented)
+    ├── PayloadTooLarge                (413 PayloadTooLarge)
+    ├── UnsupportedMediaType           (415 UnsupportedMediaType)
+    ├── RateLimitExceeded              (429 RateLimitExceeded)
+    ├── UpstreamFailure                (502 UpstreamFailure)
+    ├── UpstreamTimeout                (504 UpstreamTimeout)
+    ├── InternalServerError            (500 InternalServerError) message never shown
     └── JwtError                       (401) a JSON Web Token is rejected
         ├── BadJwt                     malformed token
         ├── BadJwtType
@@ -95,6 +116,27 @@ __all__ = [
     "RecordNotFound",
     "RecordExists",
     "InvertError",
+    "LexiconError",
+    "ValidationError",
+    "PlcError",
+    "InvalidPlcOperation",
+    "PlcConflict",
+    "IdentityError",
+    "DidNotFound",
+    "HandleNotFound",
+    "DidDeactivated",
+    "UnsafeUrl",
+    "ResolutionFailed",
+    "AuthRequired",
+    "Forbidden",
+    "NotFound",
+    "MethodNotImplemented",
+    "PayloadTooLarge",
+    "UnsupportedMediaType",
+    "RateLimitExceeded",
+    "UpstreamFailure",
+    "UpstreamTimeout",
+    "InternalServerError",
     "JwtError",
     "BadJwt",
     "BadJwtType",
@@ -302,6 +344,125 @@ class RecordExists(RepoError):
 
 class InvertError(RepoError):
     """Sync v1.1: a commit's ops do not invert to its ``prevData``."""
+
+
+# -- lexicons ----------------------------------------------------------------
+
+
+class LexiconError(RoostError):
+    """A lexicon document is itself invalid (bad type, bad ref, wrong shape)."""
+
+
+class ValidationError(RoostError):
+    """Data does not match its lexicon schema.
+
+    ``path`` names the place, e.g. ``record/facets/0/index/byteStart``; the
+    message starts with it.
+    """
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(f"{path} {message}" if path else message)
+        self.path = path
+
+
+# -- identity and did:plc -------------------------------------------------------
+
+
+class PlcError(RoostError):
+    """A did:plc operation is rejected."""
+
+
+class InvalidPlcOperation(PlcError):
+    """Malformed op, bad signature, wrong prev, size limits, bad DID."""
+
+
+class PlcConflict(PlcError):
+    """The op does not extend the DID's latest op any more (a racing update won)."""
+
+    status = 409
+
+
+class IdentityError(RoostError):
+    """A DID or handle does not resolve to a usable identity."""
+
+
+class DidNotFound(IdentityError):
+    error = "DidNotFound"
+
+
+class HandleNotFound(IdentityError):
+    error = "HandleNotFound"
+
+
+class DidDeactivated(IdentityError):
+    error = "DidDeactivated"
+
+
+class UnsafeUrl(IdentityError):
+    """An outbound URL resolves to a private, loopback or otherwise forbidden address."""
+
+
+class ResolutionFailed(IdentityError):
+    """Network error, timeout, oversized response or malformed document."""
+
+
+# -- generic XRPC errors -----------------------------------------------------------
+
+
+class AuthRequired(RoostError):
+    error = "AuthenticationRequired"
+    status = 401
+
+
+class Forbidden(RoostError):
+    error = "Forbidden"
+    status = 403
+
+
+class NotFound(RoostError):
+    error = "NotFound"
+    status = 404
+
+
+class MethodNotImplemented(RoostError):
+    error = "MethodNotImplemented"
+    status = 501
+
+
+class PayloadTooLarge(RoostError):
+    error = "PayloadTooLarge"
+    status = 413
+
+
+class UnsupportedMediaType(RoostError):
+    error = "UnsupportedMediaType"
+    status = 415
+
+
+class RateLimitExceeded(RoostError):
+    error = "RateLimitExceeded"
+    status = 429
+
+    def __init__(self, message: str = "Rate Limit Exceeded", retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class UpstreamFailure(RoostError):
+    error = "UpstreamFailure"
+    status = 502
+
+
+class UpstreamTimeout(RoostError):
+    error = "UpstreamTimeout"
+    status = 504
+
+
+class InternalServerError(RoostError):
+    """Answered as 500 with the message "Internal Server Error" whatever it says."""
+
+    error = "InternalServerError"
+    status = 500
 
 
 # -- JWT --------------------------------------------------------------------
