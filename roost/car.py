@@ -41,7 +41,7 @@ from types import TracebackType
 from typing import IO, Any, Protocol, Self
 
 from roost.cbor import decode, encode
-from roost.cid import CID, SHA2_256, _read_varint
+from roost.cid import CID, SHA2_256, _cid_from_link, _read_varint
 from roost.errors import (
     BlockHashMismatch,
     CarBlockTooLarge,
@@ -73,11 +73,6 @@ _WRITE_CHUNK = 1 << 16
 _MAX_VARINT_BYTES = 9
 
 _sha256 = hashlib.sha256
-_new = object.__new__
-# Slot setters of CID: build CIDs from bytes already checked here without the
-# cost of CID.__init__ or object.__setattr__ (the reader's hottest line).
-_set_cid_bytes = CID.__dict__["_bytes"].__set__
-_set_cid_str = CID.__dict__["_str"].__set__
 
 
 class _Readable(Protocol):
@@ -284,10 +279,8 @@ class CarReader:
         max_section = max_block + MAX_CID_BYTES
         prefixes = _BLESSED_PREFIXES
         sha256 = _sha256
-        new = _new
-        set_bytes = _set_cid_bytes
-        set_str = _set_cid_str
-        cid_type = CID
+        # the decoder's CID constructor: the cheapest way to build a CID
+        make_cid = _cid_from_link
         while pos < end:
             # section length: one- and two-byte varints inline
             n = buf[pos]
@@ -332,9 +325,7 @@ class CarReader:
                         f"block at offset {self._base + pos} does not hash to its CID "
                         f"{CID(buf[p : p + 36])}"
                     )
-                cid = new(cid_type)
-                set_bytes(cid, buf[p : p + 36])
-                set_str(cid, None)
+                cid = make_cid(buf[p : p + 36])
                 yield cid, block
             else:
                 yield self._other_section(buf, pos, p, stop)
