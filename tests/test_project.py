@@ -46,3 +46,17 @@ def test_help_lists_subcommands(capsys) -> None:  # type: ignore[no-untyped-def]
     out = capsys.readouterr().out
     for name in ("up", "pds", "relay", "feedgen", "plc", "repo", "firehose", "account"):
         assert name in out
+
+
+def test_packaging_lists_every_package() -> None:
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    listed = set(config["tool"]["setuptools"]["packages"])
+    on_disk = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for top in ("roost", "pds", "relay", "feedgen", "plc")
+        for init in (ROOT / top).rglob("__init__.py")
+    }
+    assert on_disk <= listed, f"add to pyproject packages: {sorted(on_disk - listed)}"
+    assert "roost.lexicons" in listed
