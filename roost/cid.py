@@ -10,14 +10,28 @@ third-party records) and keep it byte for byte; ``is_blessed`` tells whether a
 CID has the generated form, which commits and MST nodes require.
 
 Formatting and parsing are on hot paths (JSON output, firehose decoding,
-cursor handling), so the base32 work is done in C by the DAG-CBOR codec's
-``$link`` conversion, with a pure-Python fallback. ``str()`` is cached.
+cursor handling, every link decoded out of an MST node), so ``CID`` is
+normally the C type from the optional extension ``roost._cidext`` (built from
+``roost/_cidext.c`` at install time). The pure-Python class below is the
+reference implementation and the fallback when the extension is not built;
+both behave the same (``tests/roost/test_cid.py`` runs every test against
+each and checks that they agree on random input). ``str()`` is cached.
+
+Set the environment variable ``ROOST_PURE_PYTHON=1`` (any value but empty or
+``0``; read when ``roost.cid`` is first imported) to use the pure-Python class
+even when the extension is built. The class actually in use is ``roost.cid.CID``; the Python one is
+always available as ``roost.cid.PyCID`` (for tests: do not mix its instances
+with ``CID`` ones, they are different types and never compare equal).
 """
 
 from __future__ import annotations
 
 import base64
+import builtins
 import hashlib
+import importlib
+import os
+from types import ModuleType
 from typing import Any, Final
 
 from roost.errors import CidError
@@ -37,7 +51,11 @@ _PREFIX_RAW: Final = b"\x01\x55\x12\x20"
 _BLESSED_PREFIXES: Final = (_PREFIX_DAG_CBOR, _PREFIX_RAW)
 _sha256 = hashlib.sha256
 
-try:  # C base32 from cbrrr's atproto-JSON mode ({"$link": "b..."} <-> tag 42)
+# The pure-Python class does its base32 in C all the same when it can: cbrrr's
+# atproto-JSON mode converts {"$link": "b..."} <-> tag 42.
+_c_decode: Any
+_c_encode: Any
+try:
     from cbrrr import _cbrrr
 
     _c_decode = _cbrrr.decode_dag_cbor
@@ -94,13 +112,17 @@ def _b32_format(data: bytes) -> str:
 
 
 def _b32_parse(text: str) -> bytes:
-    if _c_encode is not None:
+    # cbrrr's base32 is strict but case-insensitive: give it lower-case text
+    # only, and let the Python code below name the problem on any error.
+    if _c_encode is not None and text.islower():
         try:
             out: bytes = _c_encode({"$link": text}, None, True)
-        except ValueError as exc:
-            raise CidError(f"bad CID string: {exc}") from None
-        # tag 42 head (2 bytes) + byte-string head + 0x00 prefix
-        return out[4:] if out[2] < 0x58 else out[5:] if out[2] == 0x58 else out[6:]
+        except ValueError:
+            pass
+        else:
+            # tag 42 head (2 bytes) + byte-string head (1, 2, 3, 5 or 9) + 0x00 prefix
+            head = out[2]
+            return out[4 if head < 0x58 else 4 + (1 << (head - 0x58)) :]
     if not text.startswith("b"):
         raise CidError("bad CID string: only base32 ('b') multibase is supported")
     body = text[1:]
@@ -131,6 +153,8 @@ class CID:
     """An immutable CID. Build with ``parse``, ``from_bytes``, ``for_cbor`` or ``for_raw``.
 
     Equality and hashing use the binary form; ordering is bytewise over it.
+    (This is the pure-Python reference implementation, ``PyCID``; ``roost._cidext``
+    implements the same behaviour in C.)
     """
 
     __slots__ = ("_bytes", "_str")
@@ -174,7 +198,7 @@ class CID:
     @classmethod
     def parse(cls, value: str | bytes | CID) -> CID:
         """A CID from a string, binary bytes, or a CID (returned as is)."""
-        if isinstance(value, CID):
+        if isinstance(value, PyCID):
             return value
         if isinstance(value, str):
             return cls.from_str(value)
@@ -231,7 +255,7 @@ class CID:
         return _read_varint(self._bytes, pos)[0]
 
     @property
-    def digest(self) -> bytes:
+    def digest(self) -> builtins.bytes:
         """The hash digest bytes."""
         b = self._bytes
         pos = _read_varint(b, 1)[1]
@@ -255,7 +279,7 @@ class CID:
         """True for a blessed raw CID (blobs)."""
         return len(self._bytes) == 36 and self._bytes[:4] == _PREFIX_RAW
 
-    def matches(self, block: bytes) -> bool:
+    def matches(self, block: builtins.bytes) -> bool:
         """True if ``block`` hashes to this CID (SHA-256 CIDs only)."""
         b = self._bytes
         if len(b) == 36 and b[2:4] == b"\x12\x20":
@@ -264,7 +288,7 @@ class CID:
 
     # -- protocol ----------------------------------------------------------
 
-    def __bytes__(self) -> bytes:
+    def __bytes__(self) -> builtins.bytes:
         return self._bytes
 
     def __str__(self) -> str:
@@ -285,29 +309,37 @@ class CID:
         return hash(self._bytes)
 
     def __eq__(self, other: object) -> bool:
-        if type(other) is CID:
+        if type(other) is PyCID:
             return self._bytes == other._bytes
         return NotImplemented
 
     def __ne__(self, other: object) -> bool:
-        if type(other) is CID:
+        if type(other) is PyCID:
             return self._bytes != other._bytes
         return NotImplemented
 
     def __lt__(self, other: CID) -> bool:
-        return self._bytes < other._bytes
+        if isinstance(other, PyCID):
+            return self._bytes < other._bytes
+        return NotImplemented
 
     def __le__(self, other: CID) -> bool:
-        return self._bytes <= other._bytes
+        if isinstance(other, PyCID):
+            return self._bytes <= other._bytes
+        return NotImplemented
 
     def __gt__(self, other: CID) -> bool:
-        return self._bytes > other._bytes
+        if isinstance(other, PyCID):
+            return self._bytes > other._bytes
+        return NotImplemented
 
     def __ge__(self, other: CID) -> bool:
-        return self._bytes >= other._bytes
+        if isinstance(other, PyCID):
+            return self._bytes >= other._bytes
+        return NotImplemented
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (CID, (self._bytes,))
+        return (PyCID, (self._bytes,))
 
     def __copy__(self) -> CID:
         return self
@@ -316,17 +348,43 @@ class CID:
         return self
 
 
+#: The pure-Python implementation, whichever one ``CID`` names.
+PyCID = CID
+
 # Slot setters: construction bypasses the immutability guard in __setattr__.
 _new = object.__new__
-_set_bytes = CID._bytes.__set__  # type: ignore[attr-defined]
-_set_str = CID._str.__set__  # type: ignore[attr-defined]
+_set_bytes = vars(CID)["_bytes"].__set__
+_set_str = vars(CID)["_str"].__set__
 
 
-def _cid_from_link(data: bytes) -> CID:
+def _py_cid_from_link(data: bytes) -> CID:
     """CID constructor used by the DAG-CBOR decoder for tag-42 payloads."""
     if len(data) != 36 or not data.startswith(_BLESSED_PREFIXES):
         _check_binary(data)
-    cid = _new(CID)
+    cid = _new(PyCID)
     _set_bytes(cid, data)
     _set_str(cid, None)
     return cid
+
+
+def _load_extension() -> ModuleType | None:
+    """``roost._cidext`` unless it is missing or ``ROOST_PURE_PYTHON`` is set."""
+    if os.environ.get("ROOST_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        return importlib.import_module("roost._cidext")
+    except ImportError:  # not built (no compiler at install time): pure Python
+        return None
+
+
+#: The C extension module in use, or None when ``CID`` is the Python class.
+_cidext = _load_extension()
+
+if _cidext is not None:
+    # PyCID keeps working under its own name (pickle finds it as roost.cid.PyCID);
+    # roost.cid.CID, as pickled by the C type, names whichever type is in use.
+    PyCID.__name__ = PyCID.__qualname__ = "PyCID"
+    CID = _cidext.CID  # type: ignore[misc]  # same interface as the class above
+    _cid_from_link = _cidext.cid_from_link
+else:
+    _cid_from_link = _py_cid_from_link

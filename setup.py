@@ -1,0 +1,3 @@
+from setuptools import Extension, setup
+
+setup(ext_modules=[Extension("roost._cidext", ["roost/_cidext.c"], optional=True)])
