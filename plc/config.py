@@ -1,0 +1,113 @@
+"""Configuration of the did:plc directory (``roost plc serve``).
+
+:class:`PlcConfig` is a frozen dataclass; :meth:`PlcConfig.from_env` reads
+``ROOST_*`` environment variables, and keyword overrides (CLI flags) win.
+
+===========================  =============================================
+variable                     meaning (default)
+===========================  =============================================
+``ROOST_HOST``               listen address (127.0.0.1)
+``ROOST_PORT``               listen port (2582)
+``ROOST_DATA_DIR``           data directory (./roost-data/plc)
+``ROOST_DATABASE``           SQLite file (<data dir>/plc.sqlite)
+``ROOST_UPSTREAM``           mirror this directory instead of accepting ops
+``ROOST_POLL_INTERVAL``      mirror: seconds between export polls (5)
+``ROOST_MAX_BODY_BYTES``     largest POST body (16384)
+``ROOST_IP_RATE_LIMIT``      submissions per client IP per window (600; 0 = off)
+``ROOST_IP_RATE_WINDOW``     that window, seconds (60)
+``ROOST_DID_OPS_PER_HOUR``   ops per DID per hour (10)
+``ROOST_DID_OPS_PER_DAY``    ops per DID per day (30)
+``ROOST_DID_OPS_PER_WEEK``   ops per DID per week (100)
+===========================  =============================================
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from roost import __version__
+from roost.plc import OpRateLimits
+
+__all__ = ["PlcConfig"]
+
+_ENV_PREFIX = "ROOST_"
+
+
+@dataclass(frozen=True, slots=True)
+class PlcConfig:
+    """Everything the directory needs to start."""
+
+    host: str = "127.0.0.1"
+    port: int = 2582
+    data_dir: Path = Path("roost-data/plc")
+    database: Path | None = None
+    upstream: str | None = None
+    poll_interval: float = 5.0
+    max_body_bytes: int = 16_384
+    ip_rate_limit: int = 600
+    ip_rate_window: float = 60.0
+    did_ops_per_hour: int = 10
+    did_ops_per_day: int = 30
+    did_ops_per_week: int = 100
+    version: str = field(default=__version__)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.data_dir, Path):
+            object.__setattr__(self, "data_dir", Path(self.data_dir))
+        if self.database is not None and not isinstance(self.database, Path):
+            object.__setattr__(self, "database", Path(self.database))
+        if self.upstream is not None:
+            object.__setattr__(self, "upstream", self.upstream.rstrip("/") or None)
+        for name in ("port", "max_body_bytes", "ip_rate_limit"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.poll_interval <= 0 or self.ip_rate_window <= 0:
+            raise ValueError("poll_interval and ip_rate_window must be positive")
+
+    @property
+    def database_path(self) -> Path:
+        """The SQLite file: ``database`` or ``<data_dir>/plc.sqlite``."""
+        return self.database if self.database is not None else self.data_dir / "plc.sqlite"
+
+    @property
+    def op_rate_limits(self) -> OpRateLimits:
+        return OpRateLimits(self.did_ops_per_hour, self.did_ops_per_day, self.did_ops_per_week)
+
+    @property
+    def is_mirror(self) -> bool:
+        return self.upstream is not None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> PlcConfig:
+        """Build from ``ROOST_<FIELD>`` variables; non-None ``overrides`` win."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name == "version":
+                continue
+            raw = env.get(_ENV_PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _convert(f.name, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_overrides(self, **overrides: Any) -> PlcConfig:
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _convert(name: str, raw: str) -> Any:
+    try:
+        if name in ("port", "max_body_bytes", "ip_rate_limit") or name.startswith("did_ops_"):
+            return int(raw)
+        if name in ("poll_interval", "ip_rate_window"):
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"{_ENV_PREFIX}{name.upper()} must be a number, got {raw!r}") from None
+    if name in ("data_dir", "database"):
+        return Path(raw)
+    return raw
