@@ -56,6 +56,9 @@ Tree::
     │   ├── UnsafeUrl                  an outbound URL targets a forbidden address
     │   └── ResolutionFailed           network error, timeout, oversized or bad document
     ├── AuthRequired                   (401 AuthenticationRequired)
+    │   └── AuthMissing                (401 AuthMissing) no Authorization header
+    ├── InvalidToken                   (400 InvalidToken) bad session token
+    ├── ExpiredToken                   (400 ExpiredToken) session token past exp
     ├── Forbidden                      (403 Forbidden)
     ├── NotFound                       (404 NotFound)
     ├── MethodNotImplemented           (501 MethodNotImplemented)
@@ -72,7 +75,8 @@ Tree::
         ├── JwtExpired
         ├── BadJwtAudience
         ├── BadJwtLexiconMethod
-        └── BadJwtIss
+        ├── BadJwtIss
+        └── MissingJwt                 no bearer JWT on a service-auth route
 """
 
 from __future__ import annotations
@@ -128,6 +132,10 @@ __all__ = [
     "UnsafeUrl",
     "ResolutionFailed",
     "AuthRequired",
+    "AuthMissing",
+    "InvalidToken",
+    "ExpiredToken",
+    "MissingJwt",
     "Forbidden",
     "NotFound",
     "MethodNotImplemented",
@@ -414,6 +422,26 @@ class AuthRequired(RoostError):
     status = 401
 
 
+class AuthMissing(AuthRequired):
+    """No usable ``Authorization`` header on a route that needs one."""
+
+    error = "AuthMissing"
+
+
+class InvalidToken(RoostError):
+    """A session token that is malformed, forged, of the wrong type or scope."""
+
+    error = "InvalidToken"
+    status = 400
+
+
+class ExpiredToken(RoostError):
+    """A session token past ``exp``: 400, as the reference and its client expect."""
+
+    error = "ExpiredToken"
+    status = 400
+
+
 class Forbidden(RoostError):
     error = "Forbidden"
     status = 403
@@ -501,3 +529,9 @@ class BadJwtLexiconMethod(JwtError):
 
 class BadJwtIss(JwtError):
     error = "BadJwtIss"
+
+
+class MissingJwt(JwtError):
+    """A service-auth route called without a bearer JWT."""
+
+    error = "MissingJwt"
