@@ -32,6 +32,31 @@ def _unavailable(name: str) -> Handler:
     return handler
 
 
+def _plc_serve(args: argparse.Namespace) -> int:
+    from plc.app import create_app
+    from plc.config import PlcConfig
+    from roost.server import ServerStartupError, run
+
+    try:
+        config = PlcConfig.from_env(
+            host=args.host,
+            port=args.port,
+            data_dir=args.data_dir,
+            database=args.database,
+            upstream=args.upstream,
+        )
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    except (ValueError, OSError) as exc:
+        print(f"roost plc serve: {exc}", file=sys.stderr)
+        return 2
+    try:
+        run(create_app(config), config.host, config.port, name="plc")
+    except ServerStartupError as exc:
+        print(f"roost plc serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _open_input(name: str) -> BinaryIO:
     if name == "-":
         return sys.stdin.buffer
@@ -134,8 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--demo", action="store_true", help="seed demo accounts and posts")
     up.set_defaults(handler=_unavailable("up"))
 
+    plc = commands.add_parser("plc", help="run the did:plc directory")
+    plc_sub = plc.add_subparsers(dest="action", metavar="ACTION", required=True)
+    plc_serve = plc_sub.add_parser("serve", help="serve the did:plc directory")
+    _add_service_flags(plc_serve)
+    plc_serve.add_argument("--database", help="SQLite file (default <data-dir>/plc.sqlite)")
+    plc_serve.add_argument(
+        "--upstream", metavar="URL", help="mirror this directory, verifying every op"
+    )
+    plc_serve.set_defaults(handler=_plc_serve)
+
     for name, text in (
-        ("plc", "the did:plc directory"),
         ("pds", "a personal data server"),
         ("relay", "a relay"),
         ("feedgen", "a feed generator host"),
