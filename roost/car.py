@@ -278,9 +278,10 @@ class CarReader:
         max_block = self._max_block
         max_section = max_block + MAX_CID_BYTES
         prefixes = _BLESSED_PREFIXES
-        sha256 = _sha256
         # the decoder's CID constructor: the cheapest way to build a CID
         make_cid = _cid_from_link
+        hash_cbor = CID.for_cbor_bytes
+        hash_raw = CID.for_raw
         while pos < end:
             # section length: one- and two-byte varints inline
             n = buf[pos]
@@ -320,12 +321,12 @@ class CarReader:
                         f"more than the limit of {max_block}"
                     )
                 block = buf[p + 36 : stop]
-                if verify and not buf.startswith(sha256(block).digest(), p + 4):
-                    raise BlockHashMismatch(
-                        f"block at offset {self._base + pos} does not hash to its CID "
-                        f"{CID(buf[p : p + 36])}"
-                    )
                 cid = make_cid(buf[p : p + 36])
+                # hashing through the CID type uses the extension's fast SHA-256
+                if verify and (hash_cbor(block) if buf[p + 1] == 0x71 else hash_raw(block)) != cid:
+                    raise BlockHashMismatch(
+                        f"block at offset {self._base + pos} does not hash to its CID {cid}"
+                    )
                 yield cid, block
             else:
                 yield self._other_section(buf, pos, p, stop)

@@ -27,14 +27,13 @@ compare as their UTF-8 bytes do.
 
 from __future__ import annotations
 
-import hashlib
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Union
 
 from roost import cbor
-from roost.cid import CID
+from roost.cid import CID, sha256
 from roost.errors import InvalidMst, MissingBlock, RoostError
 
 if TYPE_CHECKING:
@@ -57,7 +56,7 @@ MAX_LAYER = 32
 #: Nodes kept decoded in a NodeStore before its cache is reset.
 NODE_CACHE_SIZE = 200_000
 
-_sha256 = hashlib.sha256
+_sha256 = sha256
 
 Sub = Union["Node", CID, None]
 
@@ -66,7 +65,7 @@ def key_height(key: str | bytes) -> int:
     """MST height of a key: leading zero bits of SHA-256(key) // 2."""
     if type(key) is str:
         key = key.encode()
-    digest = _sha256(key).digest()
+    digest = _sha256(key)
     first = digest[0]
     if first >= 64:
         return 0
@@ -198,11 +197,13 @@ def decode_node(data: bytes, layer: int | None = None, *, verify: bool = True) -
             raise InvalidMst(f"MST entry prefix length {p} exceeds the previous key")
         full = prev[:p] + suffix
         if verify:
-            if keys and common_prefix_len(prev, full) != p:
-                raise InvalidMst("MST entry prefix length is not maximal")
-            if keys and full <= prev:
-                raise InvalidMst("MST keys are not strictly increasing")
-            if not keys and p:
+            if keys:
+                # p is maximal unless the suffix starts with the byte of prev after p
+                if p < len(prev) and suffix and suffix[0] == prev[p]:
+                    raise InvalidMst("MST entry prefix length is not maximal")
+                if full <= prev:
+                    raise InvalidMst("MST keys are not strictly increasing")
+            elif p:
                 raise InvalidMst("first MST entry must have prefix length 0")
         try:
             keys.append(full.decode())

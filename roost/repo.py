@@ -504,40 +504,44 @@ def verify_repo(
     root = tree.root
     if not root.keys and root.subs[0] is not None:
         raise InvalidMst("MST root is a keyless node")
-    prev: str | None = None
     resolve = tree.store.resolve
     collections = summary.collections
-    stack: list[tuple[Node, int]] = [(root, 0)]
-    summary.nodes = 0
-    # In-order walk; checks global key order, layer links and empty nodes.
+    valid_collections: set[str] = set()
+    present = record_cids.__contains__ if record_cids is not None else blocks.has
+    # Depth-first with the key range each subtree must fall in: a node's keys
+    # are sorted (checked on decode), so bounds give the global order.
+    stack: list[tuple[Node, str | None, str | None]] = [(root, None, None)]
+    nodes = 0
     while stack:
-        node, i = stack.pop()
-        if i == 0:
-            summary.nodes += 1
-            if node is not root and node.is_empty:
-                raise InvalidMst("MST has an empty non-root node (bottom not pruned)")
-        else:
-            key_ = node.keys[i - 1]
-            if prev is not None and key_ <= prev:
-                raise InvalidMst(f"MST keys out of order: {key_!r} after {prev!r}")
-            prev = key_
+        node, low, high = stack.pop()
+        nodes += 1
+        keys = node.keys
+        if keys:
+            if (low is not None and keys[0] <= low) or (high is not None and keys[-1] >= high):
+                raise InvalidMst("MST keys out of order across nodes")
+        elif node is not root and node.subs[0] is None:
+            raise InvalidMst("MST has an empty non-root node (bottom not pruned)")
+        for key_, val in zip(keys, node.vals):
             collection, sep, rkey = key_.partition("/")
-            if collection not in collections and not is_valid_nsid(collection):
-                raise InvalidRepoPath(f"not a valid repo path: {key_[:300]!r}")
+            if collection not in valid_collections:
+                if not is_valid_nsid(collection):
+                    raise InvalidRepoPath(f"not a valid repo path: {key_[:300]!r}")
+                valid_collections.add(collection)
             if not sep or not is_valid_record_key(rkey):
                 raise InvalidRepoPath(f"not a valid repo path: {key_[:300]!r}")
             collections[collection] += 1
-            val = node.vals[i - 1]
-            present = (val in record_cids) if record_cids is not None else blocks.has(val)
-            if not present:
+            if not present(val):
                 if require_records:
                     raise MissingBlock(f"record block {val} for {key_} is missing", val)
                 summary.missing_records.append((key_, val))
-        if i < len(node.keys):
-            stack.append((node, i + 1))
-        sub = node.subs[i]
-        if sub is not None:
-            stack.append((resolve(sub, node.layer - 1), 0))
+        layer = node.layer - 1
+        subs = node.subs
+        for i, sub in enumerate(subs):
+            if sub is not None:
+                stack.append(
+                    (resolve(sub, layer), keys[i - 1] if i else low, keys[i] if i < len(keys) else high)
+                )
+    summary.nodes = nodes
     summary.records = sum(collections.values())
     return summary
 

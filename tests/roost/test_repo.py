@@ -440,3 +440,32 @@ def test_every_commit_inverts(batches: list, initial: list) -> None:
         repo, data = repo.apply_writes(writes, KEY)
         assert data.prev_data == before
         verify_event(data)
+
+
+def test_verify_rejects_keys_outside_their_subtree_range() -> None:
+    leaf = CID.for_cbor(post("x"))
+    child = cbor.encode({"e": [{"k": b"app.bsky.feed.post/C0", "p": 0, "t": None, "v": leaf}], "l": None})
+    # find rkeys with the right heights for a two-layer tree
+    from roost.mst import key_height
+
+    low = next(f"{POST}/3aaa{i:04d}" for i in range(10_000) if key_height(f"{POST}/3aaa{i:04d}") == 0)
+    high = next(f"{POST}/3bbb{i:04d}" for i in range(10_000) if key_height(f"{POST}/3bbb{i:04d}") == 1)
+    # the left subtree of `high` holds a key *greater* than `high`
+    bad_key = next(f"{POST}/3ccc{i:04d}" for i in range(10_000) if key_height(f"{POST}/3ccc{i:04d}") == 0)
+    child = cbor.encode({"e": [{"k": bad_key.encode(), "p": 0, "t": None, "v": leaf}], "l": None})
+    root = cbor.encode({"e": [{"k": high.encode(), "p": 0, "t": None, "v": leaf}], "l": CID.for_cbor_bytes(child)})
+    blocks = MemoryBlockStore()
+    for block in (child, root, cbor.encode(post("x"))):
+        blocks.put(CID.for_cbor_bytes(block), block)
+    commit = sign_commit(DID, CID.for_cbor_bytes(root), "3jzfcijpj2z2a", KEY)
+    blocks.put(commit.cid, commit.block)
+    with pytest.raises(InvalidMst):
+        verify_repo(blocks, commit.cid)
+    # the same shape with the key in range verifies
+    child = cbor.encode({"e": [{"k": low.encode(), "p": 0, "t": None, "v": leaf}], "l": None})
+    root = cbor.encode({"e": [{"k": high.encode(), "p": 0, "t": None, "v": leaf}], "l": CID.for_cbor_bytes(child)})
+    for block in (child, root):
+        blocks.put(CID.for_cbor_bytes(block), block)
+    commit = sign_commit(DID, CID.for_cbor_bytes(root), "3jzfcijpj2z2a", KEY)
+    blocks.put(commit.cid, commit.block)
+    assert verify_repo(blocks, commit.cid).records == 2
