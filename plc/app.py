@@ -47,6 +47,7 @@ from plc.sqlite import SqlitePlcStore
 from plc.storage import ExportCursor, LogEntry, PlcStore
 from roost.errors import InternalServerError, PayloadTooLarge, RateLimitExceeded, RoostError
 from roost.plc import (
+    DocumentState,
     PlcTombstone,
     check_rate_limits,
     is_valid_plc_did,
@@ -186,8 +187,8 @@ async def _chain(ctx: PlcContext, did: str, *, include_nullified: bool) -> list[
 # -- reads ---------------------------------------------------------------------------------
 
 
-@_handler
-async def resolve(request: Request) -> Response:
+async def _current_state(request: Request) -> DocumentState | Response:
+    """The DID's current state, or the 404/410 response that answers instead."""
     did = request.path_params["did"]
     last = await _last(_ctx(request), did)
     if last is None:
@@ -195,6 +196,14 @@ async def resolve(request: Request) -> Response:
     state = state_from_op(did, last.operation)
     if state is None:
         return _not_available(did)
+    return state
+
+
+@_handler
+async def resolve(request: Request) -> Response:
+    state = await _current_state(request)
+    if isinstance(state, Response):
+        return state
     return Response(
         json.dumps(state.did_document(), separators=(",", ":")),
         media_type="application/did+ld+json",
@@ -203,13 +212,9 @@ async def resolve(request: Request) -> Response:
 
 @_handler
 async def get_data(request: Request) -> Response:
-    did = request.path_params["did"]
-    last = await _last(_ctx(request), did)
-    if last is None:
-        return _not_registered(did)
-    state = state_from_op(did, last.operation)
-    if state is None:
-        return _not_available(did)
+    state = await _current_state(request)
+    if isinstance(state, Response):
+        return state
     return JSONResponse(state.to_json())
 
 
