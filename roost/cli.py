@@ -57,6 +57,37 @@ def _plc_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pds_serve(args: argparse.Namespace) -> int:
+    from pds.app import create_app
+    from pds.config import PdsConfig
+    from roost.server import ServerStartupError, run
+
+    try:
+        config = PdsConfig.from_env(
+            host=args.host,
+            port=args.port,
+            data_dir=args.data_dir,
+            hostname=args.hostname,
+            public_url=args.public_url,
+            plc_url=args.plc_url,
+            relay_urls=tuple(args.relay_urls) if args.relay_urls else None,
+            admin_password=args.admin_password,
+            signup_mode=args.signup_mode,
+            allow_local=args.allow_local,
+        )
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        app = create_app(config)
+    except (ValueError, OSError) as exc:
+        print(f"roost pds serve: {exc}", file=sys.stderr)
+        return 2
+    try:
+        run(app, config.host, config.port, name="pds")
+    except ServerStartupError as exc:
+        print(f"roost pds serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _open_input(name: str) -> BinaryIO:
     if name == "-":
         return sys.stdin.buffer
@@ -169,8 +200,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plc_serve.set_defaults(handler=_plc_serve)
 
+    pds = commands.add_parser("pds", help="run a personal data server")
+    pds_sub = pds.add_subparsers(dest="action", metavar="ACTION", required=True)
+    pds_serve = pds_sub.add_parser("serve", help="serve a personal data server")
+    _add_service_flags(pds_serve)
+    pds_serve.add_argument("--hostname", help="public host name; handles are <name>.<hostname>")
+    pds_serve.add_argument("--public-url", help="URL clients use to reach this server")
+    pds_serve.add_argument("--plc-url", help="did:plc directory URL")
+    pds_serve.add_argument(
+        "--relay-url", action="append", dest="relay_urls", help="relay to ask for a crawl"
+    )
+    pds_serve.add_argument("--admin-password", help="password for the admin API")
+    pds_serve.add_argument(
+        "--signup-mode", choices=("open", "invite", "application"), help="who may join"
+    )
+    pds_serve.add_argument(
+        "--allow-local", action="store_true", default=None,
+        help="allow outbound requests to loopback/private addresses (a local network)",
+    )
+    pds_serve.set_defaults(handler=_pds_serve)
+
     for name, text in (
-        ("pds", "a personal data server"),
         ("relay", "a relay"),
         ("feedgen", "a feed generator host"),
     ):

@@ -55,8 +55,18 @@ Tree::
     │   ├── DidDeactivated             (DidDeactivated) tombstoned DID
     │   ├── UnsafeUrl                  an outbound URL targets a forbidden address
     │   └── ResolutionFailed           network error, timeout, oversized or bad document
+    ├── AccountError                   account and repo status (PDS, relay)
+    │   ├── RepoNotFound               (RepoNotFound)
+    │   ├── RepoTakendown              (RepoTakendown)
+    │   ├── RepoSuspended              (RepoSuspended)
+    │   ├── RepoDeactivated            (RepoDeactivated)
+    │   ├── HandleNotAvailable         (HandleNotAvailable)
+    │   ├── UnsupportedDomain          (UnsupportedDomain)
+    │   ├── InvalidInviteCode          (InvalidInviteCode)
+    │   └── InvalidPassword            (InvalidPassword)
     ├── AuthRequired                   (401 AuthenticationRequired)
-    │   └── AuthMissing                (401 AuthMissing) no Authorization header
+    │   ├── AuthMissing                (401 AuthMissing) no Authorization header
+    │   └── AccountTakedown            (401 AccountTakedown)
     ├── InvalidToken                   (400 InvalidToken) bad session token
     ├── ExpiredToken                   (400 ExpiredToken) session token past exp
     ├── Forbidden                      (403 Forbidden)
@@ -131,8 +141,18 @@ __all__ = [
     "DidDeactivated",
     "UnsafeUrl",
     "ResolutionFailed",
+    "AccountError",
+    "RepoNotFound",
+    "RepoTakendown",
+    "RepoSuspended",
+    "RepoDeactivated",
+    "HandleNotAvailable",
+    "UnsupportedDomain",
+    "InvalidInviteCode",
+    "InvalidPassword",
     "AuthRequired",
     "AuthMissing",
+    "AccountTakedown",
     "InvalidToken",
     "ExpiredToken",
     "MissingJwt",
@@ -426,6 +446,46 @@ class AuthMissing(AuthRequired):
     """No usable ``Authorization`` header on a route that needs one."""
 
     error = "AuthMissing"
+
+
+class AccountTakedown(AuthRequired):
+    error = "AccountTakedown"
+
+
+class AccountError(RoostError):
+    """An account or repo is missing or not in a state that allows the request."""
+
+
+class RepoNotFound(AccountError):
+    error = "RepoNotFound"
+
+
+class RepoTakendown(AccountError):
+    error = "RepoTakendown"
+
+
+class RepoSuspended(AccountError):
+    error = "RepoSuspended"
+
+
+class RepoDeactivated(AccountError):
+    error = "RepoDeactivated"
+
+
+class HandleNotAvailable(AccountError):
+    error = "HandleNotAvailable"
+
+
+class UnsupportedDomain(AccountError):
+    error = "UnsupportedDomain"
+
+
+class InvalidInviteCode(AccountError):
+    error = "InvalidInviteCode"
+
+
+class InvalidPassword(AccountError):
+    error = "InvalidPassword"
 
 
 class InvalidToken(RoostError):

@@ -16,17 +16,26 @@ from typing import Any
 
 import uvicorn
 
-__all__ = ["ServerThread", "serve"]
+__all__ = ["ServerThread", "free_port", "serve"]
+
+
+def free_port() -> int:
+    """A port that was free a moment ago on 127.0.0.1 (for apps that must know their URL)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class ServerThread:
     """One uvicorn server on 127.0.0.1, in a thread."""
 
-    def __init__(self, app: Any, *, ws: str = "websockets-sansio") -> None:
+    def __init__(self, app: Any, *, ws: str = "websockets-sansio", port: int = 0) -> None:
         config = uvicorn.Config(
             app,
             host="127.0.0.1",
-            port=0,
+            port=port,
             log_level="warning",
             lifespan="on",
             ws=ws,

@@ -1,0 +1,1 @@
+"""XRPC handlers of the PDS, a module per namespace."""

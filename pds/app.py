@@ -1,0 +1,134 @@
+"""The PDS as a Starlette app: ``create_app(config)``.
+
+The lifespan opens the database, starts the writer and the sequencer, and
+builds the :class:`~pds.context.PdsContext` every handler uses; shutdown
+drains the writer (pending writes finish) and closes the firehose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from roost.auth import SessionAuth, SessionCredentials
+from roost.errors import AccountTakedown, ExpiredToken
+from roost.lexicon import Catalog
+from roost.netguard import GuardedTransport, OutboundPolicy
+from roost.plc import PlcClient
+from roost.xrpc import XrpcContext, XrpcRouter
+
+from pds.api import identity, repo, server, sync
+from pds.config import PdsConfig
+from pds.context import PdsContext
+from pds.sequencer import Sequencer
+from pds.sqlite import PdsDatabase
+from pds.writer import Writer
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+
+class _EventLog:
+    """The sequencer's view of the event table."""
+
+    def __init__(self, db: PdsDatabase) -> None:
+        self.db = db
+
+    async def read_after(self, seq: int, limit: int) -> list[tuple[int, bytes]]:
+        return self.db.events_after(seq, limit)
+
+    async def latest_seq(self) -> int:
+        return self.db.last_seq()
+
+    async def oldest_seq_since(self, time_ms: int) -> int | None:
+        return self.db.oldest_seq_since(time_ms)
+
+
+def create_app(config: PdsConfig, *, catalog: Catalog | None = None) -> Starlette:
+    """A PDS app for ``config`` (secrets are loaded or created in its data dir)."""
+    config = config.with_secrets()
+    catalog = catalog or Catalog.load()
+    router = XrpcRouter(catalog, version=config.version, debug=config.debug)
+    server.register(router)
+    repo.register(router)
+    sync.register(router)
+    identity.register(router)
+
+    @router.subscription("com.atproto.sync.subscribeRepos")
+    async def subscribe_repos(ctx: XrpcContext) -> AsyncIterator[bytes]:
+        # the stream is iterated in this task: the one to cancel if the client stops reading
+        sequencer: Sequencer = ctx.request.app.state.pds.sequencer
+        return sequencer.subscribe(ctx.params.get("cursor"), stuck_task=asyncio.current_task())
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        db = PdsDatabase(config.database_path)
+        sequencer = Sequencer(_EventLog(db), replay_window_s=config.replay_window_s)
+        writer = Writer(db, on_events=sequencer.publish)
+        http = httpx.AsyncClient(
+            transport=GuardedTransport(OutboundPolicy(allow_local=config.allow_local)),
+            timeout=httpx.Timeout(10.0),
+            follow_redirects=False,
+        )
+        secret = config.jwt_secret.encode()  # type: ignore[union-attr]
+
+        async def check_session(creds: SessionCredentials) -> None:
+            account = db.account(creds.did)
+            if account is None:
+                raise ExpiredToken("Token is for an account that does not exist")
+            if account.status == "takendown":
+                raise AccountTakedown("Account has been taken down")
+            if creds.token_type == "refresh" and db.refresh_token(creds.jti or "") is None:
+                raise ExpiredToken("Token has been revoked")
+
+        ctx = PdsContext(
+            config=config,
+            db=db,
+            writer=writer,
+            sequencer=sequencer,
+            catalog=catalog,
+            plc=PlcClient(config.plc_url, http=http),
+            http=http,
+            access=SessionAuth(secret, config.service_did, check=check_session),
+            refresh=SessionAuth(
+                secret, config.service_did, token_type="refresh", check=check_session
+            ),
+        )
+        app.state.pds = ctx
+        await writer.start()
+        try:
+            yield
+        finally:
+            sequencer.close()
+            await writer.stop()
+            await http.aclose()
+            db.close()
+
+    async def atproto_did(request: Request) -> Response:
+        host = (request.headers.get("host") or "").split(":")[0].lower()
+        account = request.app.state.pds.db.account_by_handle(host)
+        if account is None or not account.active:
+            return PlainTextResponse("User not found", status_code=404)
+        return PlainTextResponse(account.did)
+
+    async def root(request: Request) -> Response:
+        return PlainTextResponse(
+            f"This is an AT Protocol personal data server (roost {config.version}).\n"
+        )
+
+    routes: list[Any] = [
+        Route("/", root),
+        Route("/.well-known/atproto-did", atproto_did),
+        *router.routes,
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)

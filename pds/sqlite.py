@@ -1,0 +1,517 @@
+"""All of the PDS's SQL: one SQLite database (WAL) for every account.
+
+Why one shared database rather than one per account (the reference PDS keeps
+a file per account): a commit, its record index rows and its firehose event
+must land in one transaction so an acknowledged write is never half-applied
+and the event log never misses or invents a commit. With one database the
+single writer batches the commits of many accounts into one transaction
+("group commit", one fsync for many writes), which is what makes high write
+concurrency cheap on SQLite. Per-account files would need a second log and a
+two-phase scheme to keep the firehose consistent. Moving an account out is a
+query (its rows carry its DID), and exports are streamed from the tree anyway.
+
+Connections: one write connection, used only by the writer (in a worker
+thread), ``synchronous=FULL`` so a COMMIT is durable when it returns; one read
+connection used on the event loop for short point reads (WAL readers never
+block the writer).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from roost.cid import CID
+
+__all__ = ["AccountBlocks", "AccountRow", "PdsDatabase", "ReadSnapshot", "SCHEMA_VERSION"]
+
+#: Numbered migrations; each runs once, in order, in one transaction.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
+    CREATE TABLE account (
+        did TEXT PRIMARY KEY,
+        handle TEXT NOT NULL UNIQUE,
+        email TEXT UNIQUE,
+        password_hash TEXT NOT NULL,
+        signing_key TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'active',
+        status_reason TEXT,
+        application TEXT,
+        invite_code TEXT
+    ) STRICT;
+    CREATE TABLE repo_root (
+        did TEXT PRIMARY KEY,
+        cid BLOB NOT NULL,
+        rev TEXT NOT NULL,
+        data BLOB NOT NULL
+    ) STRICT;
+    CREATE TABLE block (
+        did TEXT NOT NULL,
+        cid BLOB NOT NULL,
+        data BLOB NOT NULL,
+        rev TEXT NOT NULL,
+        PRIMARY KEY (did, cid)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX block_by_rev ON block (did, rev);
+    CREATE TABLE record (
+        did TEXT NOT NULL,
+        collection TEXT NOT NULL,
+        rkey TEXT NOT NULL,
+        cid BLOB NOT NULL,
+        rev TEXT NOT NULL,
+        PRIMARY KEY (did, collection, rkey)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX record_by_cid ON record (did, cid);
+    CREATE TABLE event (
+        seq INTEGER PRIMARY KEY,
+        did TEXT NOT NULL,
+        time_ms INTEGER NOT NULL,
+        frame BLOB NOT NULL
+    ) STRICT;
+    CREATE INDEX event_by_time ON event (time_ms);
+    CREATE TABLE refresh_token (
+        id TEXT PRIMARY KEY,
+        did TEXT NOT NULL,
+        expires_at INTEGER NOT NULL,
+        app_password TEXT,
+        next_id TEXT
+    ) STRICT;
+    CREATE INDEX refresh_token_by_did ON refresh_token (did);
+    CREATE TABLE app_password (
+        did TEXT NOT NULL,
+        name TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        privileged INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (did, name)
+    ) STRICT;
+    CREATE TABLE invite_code (
+        code TEXT PRIMARY KEY,
+        for_did TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        available INTEGER NOT NULL,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL
+    ) STRICT;
+    CREATE TABLE invite_use (
+        code TEXT NOT NULL,
+        used_by TEXT NOT NULL,
+        used_at TEXT NOT NULL,
+        PRIMARY KEY (code, used_by)
+    ) STRICT;
+    CREATE TABLE blob (
+        did TEXT NOT NULL,
+        cid BLOB NOT NULL,
+        mime_type TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        temp_key TEXT,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (did, cid)
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE record_blob (
+        did TEXT NOT NULL,
+        blob_cid BLOB NOT NULL,
+        path TEXT NOT NULL,
+        PRIMARY KEY (did, blob_cid, path)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX record_blob_by_path ON record_blob (did, path);
+    CREATE TABLE preference (
+        did TEXT NOT NULL,
+        name TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (did, name)
+    ) STRICT, WITHOUT ROWID;
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_ACCOUNT_COLUMNS = (
+    "did, handle, email, password_hash, signing_key, created_at, status, status_reason,"
+    " application, invite_code"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRow:
+    did: str
+    handle: str
+    email: str | None
+    password_hash: str
+    signing_key: str
+    created_at: str
+    status: str
+    status_reason: str | None
+    application: str | None
+    invite_code: str | None
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+
+class PdsDatabase:
+    """The PDS database: migrations, reads on the loop, writes by the writer."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._write = self._connect()
+        self._write.execute("PRAGMA synchronous=FULL")
+        self._read = self._connect()
+        self._read.execute("PRAGMA query_only=ON")
+        self._write_lock = threading.Lock()
+        self.migrate()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute("PRAGMA cache_size=-65536")
+        return conn
+
+    def close(self) -> None:
+        self._read.close()
+        self._write.close()
+
+    def migrate(self) -> None:
+        conn = self._write
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL) STRICT")
+        row = conn.execute("SELECT version FROM schema_version").fetchone()
+        current = row[0] if row else 0
+        if current > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"database schema {current} is newer than this roost ({SCHEMA_VERSION})"
+            )
+        for number in range(current, SCHEMA_VERSION):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute("DELETE FROM schema_version")
+                conn.execute("INSERT INTO schema_version VALUES (?)", (number + 1,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    # -- the write transaction (writer thread only) -----------------------------
+
+    def run_transaction(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        """Execute ``statements`` in one durable transaction (all or nothing)."""
+        with self._write_lock:
+            conn = self._write
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, params in statements:
+                    conn.execute(sql, params)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def last_seq(self) -> int:
+        """Highest sequence number ever used (kept in meta, so deletes never lower it)."""
+        row = self._read.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()
+        stored = int(row[0]) if row else 0
+        row = self._read.execute("SELECT MAX(seq) FROM event").fetchone()
+        return max(stored, row[0] or 0)
+
+    # -- accounts ------------------------------------------------------------
+
+    def account(self, did: str) -> AccountRow | None:
+        row = self._read.execute(
+            f"SELECT {_ACCOUNT_COLUMNS} FROM account WHERE did = ?", (did,)
+        ).fetchone()
+        return AccountRow(*row) if row else None
+
+    def account_by_handle(self, handle: str) -> AccountRow | None:
+        row = self._read.execute(
+            f"SELECT {_ACCOUNT_COLUMNS} FROM account WHERE handle = ?", (handle.lower(),)
+        ).fetchone()
+        return AccountRow(*row) if row else None
+
+    def account_by_email(self, email: str) -> AccountRow | None:
+        row = self._read.execute(
+            f"SELECT {_ACCOUNT_COLUMNS} FROM account WHERE email = ?", (email.lower(),)
+        ).fetchone()
+        return AccountRow(*row) if row else None
+
+    def list_accounts(self, limit: int, cursor: str | None) -> list[tuple[AccountRow, tuple[bytes, str] | None]]:
+        """Accounts ordered by (created_at, did) after ``cursor`` = ``created_at::did``."""
+        after_time, after_did = ("", "")
+        if cursor:
+            after_time, _, after_did = cursor.partition("::")
+        rows = self._read.execute(
+            f"SELECT {_ACCOUNT_COLUMNS}, r.cid, r.rev FROM account a"
+            " LEFT JOIN repo_root r USING (did)"
+            " WHERE (a.created_at, a.did) > (?, ?) ORDER BY a.created_at, a.did LIMIT ?",
+            (after_time, after_did, limit),
+        ).fetchall()
+        return [
+            (AccountRow(*row[:10]), (row[10], row[11]) if row[10] is not None else None)
+            for row in rows
+        ]
+
+    # -- repos ---------------------------------------------------------------
+
+    def repo_root(self, did: str) -> tuple[CID, str, CID] | None:
+        """(commit CID, rev, data CID) of the account's head."""
+        row = self._read.execute(
+            "SELECT cid, rev, data FROM repo_root WHERE did = ?", (did,)
+        ).fetchone()
+        if row is None:
+            return None
+        return CID.from_bytes(row[0]), row[1], CID.from_bytes(row[2])
+
+    def record_cid(self, did: str, collection: str, rkey: str) -> CID | None:
+        row = self._read.execute(
+            "SELECT cid FROM record WHERE did = ? AND collection = ? AND rkey = ?",
+            (did, collection, rkey),
+        ).fetchone()
+        return CID.from_bytes(row[0]) if row else None
+
+    def get_block(self, did: str, cid: CID) -> bytes | None:
+        row = self._read.execute(
+            "SELECT data FROM block WHERE did = ? AND cid = ?", (did, cid.bytes)
+        ).fetchone()
+        return row[0] if row else None
+
+    def get_blocks(self, did: str, cids: Iterable[CID]) -> dict[CID, bytes]:
+        out: dict[CID, bytes] = {}
+        wanted = list(cids)
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for cid, data in self._read.execute(
+                f"SELECT cid, data FROM block WHERE did = ? AND cid IN ({marks})",
+                (did, *(c.bytes for c in chunk)),
+            ):
+                out[CID.from_bytes(cid)] = data
+        return out
+
+    def blocks_since(self, did: str, rev: str) -> Iterator[tuple[CID, bytes]]:
+        """Blocks written by revisions after ``rev`` (for ``getRepo?since``)."""
+        cursor = self._read.execute(
+            "SELECT cid, data FROM block WHERE did = ? AND rev > ? ORDER BY rev", (did, rev)
+        )
+        for cid, data in cursor:
+            yield CID.from_bytes(cid), data
+
+    def count_records(self, did: str) -> int:
+        return self._read.execute("SELECT COUNT(*) FROM record WHERE did = ?", (did,)).fetchone()[0]
+
+    # -- events ----------------------------------------------------------------
+
+    def events_after(self, seq: int, limit: int) -> list[tuple[int, bytes]]:
+        return self._read.execute(
+            "SELECT seq, frame FROM event WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+        ).fetchall()
+
+    def oldest_seq_since(self, time_ms: int) -> int | None:
+        row = self._read.execute(
+            "SELECT MIN(seq) FROM event WHERE time_ms >= ?", (time_ms,)
+        ).fetchone()
+        return row[0]
+
+    # -- sessions ----------------------------------------------------------------
+
+    def refresh_token(self, token_id: str) -> tuple[str, int, str | None, str | None] | None:
+        """(did, expires_at, app_password name, next_id) of a refresh token."""
+        row = self._read.execute(
+            "SELECT did, expires_at, app_password, next_id FROM refresh_token WHERE id = ?",
+            (token_id,),
+        ).fetchone()
+        return tuple(row) if row else None  # type: ignore[return-value]
+
+    # -- record reads for the API (read-only) ------------------------------------
+
+    def record(self, did: str, collection: str, rkey: str) -> tuple[CID, bytes] | None:
+        """(CID, block) of a current record, read in one statement (one snapshot)."""
+        row = self._read.execute(
+            "SELECT r.cid, b.data FROM record r JOIN block b ON b.did = r.did AND b.cid = r.cid"
+            " WHERE r.did = ? AND r.collection = ? AND r.rkey = ?",
+            (did, collection, rkey),
+        ).fetchone()
+        return (CID.from_bytes(row[0]), row[1]) if row else None
+
+    def list_records(
+        self, did: str, collection: str, limit: int, cursor: str | None, reverse: bool
+    ) -> list[tuple[str, CID, bytes]]:
+        """(rkey, CID, block) of a collection's records, one statement.
+
+        Newest first (record keys descending, as the reference PDS lists them);
+        ``reverse`` lists ascending. ``cursor`` is the last record key already seen.
+        """
+        order, compare = ("ASC", ">") if reverse else ("DESC", "<")
+        where = "r.did = ? AND r.collection = ?"
+        params: list[Any] = [did, collection]
+        if cursor is not None:
+            where += f" AND r.rkey {compare} ?"
+            params.append(cursor)
+        params.append(limit)
+        rows = self._read.execute(
+            "SELECT r.rkey, r.cid, b.data FROM record r"
+            " JOIN block b ON b.did = r.did AND b.cid = r.cid"
+            f" WHERE {where} ORDER BY r.rkey {order} LIMIT ?",
+            params,
+        ).fetchall()
+        return [(rkey, CID.from_bytes(cid), data) for rkey, cid, data in rows]
+
+    def list_collections(self, did: str) -> list[str]:
+        """Collections holding at least one record of the account, sorted.
+
+        One index probe per collection (a skip scan), not a scan of every record.
+        """
+        out: list[str] = []
+        after = ""
+        while True:
+            row = self._read.execute(
+                "SELECT collection FROM record WHERE did = ? AND collection > ?"
+                " ORDER BY collection LIMIT 1",
+                (did, after),
+            ).fetchone()
+            if row is None:
+                return out
+            after = row[0]
+            out.append(after)
+
+    def snapshot(self) -> ReadSnapshot:
+        """A consistent read-only view for a long read (a repo export); close it."""
+        return ReadSnapshot(self.path)
+
+
+class AccountBlocks:
+    """One account's committed blocks, as a :class:`roost.blockstore.BlockStore`.
+
+    Read-only view for the repo engine; writes go through the writer. New
+    blocks of a pending commit are kept in ``pending`` until it commits.
+    """
+
+    __slots__ = ("db", "did", "pending")
+
+    def __init__(self, db: PdsDatabase, did: str) -> None:
+        self.db = db
+        self.did = did
+        self.pending: dict[CID, bytes] = {}
+
+    def get(self, cid: CID) -> bytes | None:
+        data = self.pending.get(cid)
+        if data is not None:
+            return data
+        return self.db.get_block(self.did, cid)
+
+    def has(self, cid: CID) -> bool:
+        return self.get(cid) is not None
+
+    def put(self, cid: CID, data: bytes) -> None:
+        self.pending[cid] = data
+
+    def get_many(self, cids: Iterable[CID]) -> dict[CID, bytes]:
+        wanted = list(cids)
+        out = {c: self.pending[c] for c in wanted if c in self.pending}
+        missing = [c for c in wanted if c not in out]
+        if missing:
+            out.update(self.db.get_blocks(self.did, missing))
+        return out
+
+    def put_many(self, blocks: Iterable[tuple[CID, bytes]]) -> None:
+        self.pending.update(blocks)
+
+    def delete_many(self, cids: Iterable[CID]) -> None:
+        for cid in cids:
+            self.pending.pop(cid, None)
+
+    def take_pending(self) -> dict[CID, bytes]:
+        pending, self.pending = self.pending, {}
+        return pending
+
+
+class ReadSnapshot:
+    """One read transaction on its own connection: a frozen view of the database.
+
+    Commits made while it is open are invisible to it, so a repo export
+    streamed over many reads sees one revision even if the account writes
+    (and the writer deletes the old tree's blocks) meanwhile. Close it
+    promptly (``with`` or :meth:`close`): while it is open, WAL checkpoints
+    cannot move past it. Used by one thread at a time.
+    """
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, path: Path) -> None:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA query_only=ON")
+            conn.execute("PRAGMA busy_timeout=10000")
+            conn.execute("BEGIN")
+            conn.execute("SELECT 1 FROM repo_root LIMIT 1").fetchall()  # the snapshot starts here
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def __enter__(self) -> ReadSnapshot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._conn.close()  # ends the read transaction
+
+    def repo_root(self, did: str) -> tuple[CID, str, CID] | None:
+        """(commit CID, rev, data CID) of the account's head."""
+        row = self._conn.execute(
+            "SELECT cid, rev, data FROM repo_root WHERE did = ?", (did,)
+        ).fetchone()
+        if row is None:
+            return None
+        return CID.from_bytes(row[0]), row[1], CID.from_bytes(row[2])
+
+    def get_block(self, did: str, cid: CID) -> bytes | None:
+        row = self._conn.execute(
+            "SELECT data FROM block WHERE did = ? AND cid = ?", (did, cid.bytes)
+        ).fetchone()
+        return row[0] if row else None
+
+    def get_blocks(self, did: str, cids: Iterable[CID]) -> dict[CID, bytes]:
+        out: dict[CID, bytes] = {}
+        wanted = list(cids)
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for cid, data in self._conn.execute(
+                f"SELECT cid, data FROM block WHERE did = ? AND cid IN ({marks})",
+                (did, *(c.bytes for c in chunk)),
+            ):
+                out[CID.from_bytes(cid)] = data
+        return out
+
+    def blocks_since(self, did: str, rev: str) -> Iterator[tuple[CID, bytes]]:
+        """Blocks written by revisions after ``rev``."""
+        cursor = self._conn.execute(
+            "SELECT cid, data FROM block WHERE did = ? AND rev > ? ORDER BY rev", (did, rev)
+        )
+        for cid, data in cursor:
+            yield CID.from_bytes(cid), data
+
+    def record_blocks_since(self, did: str, rev: str) -> Iterator[tuple[CID, bytes]]:
+        """Blocks of the records written by revisions after ``rev``.
+
+        Needed besides :meth:`blocks_since`: a block stored before (the same
+        record content at another path) keeps the revision that first wrote it.
+        """
+        cursor = self._conn.execute(
+            "SELECT r.cid, b.data FROM record r JOIN block b ON b.did = r.did AND b.cid = r.cid"
+            " WHERE r.did = ? AND r.rev > ?",
+            (did, rev),
+        )
+        for cid, data in cursor:
+            yield CID.from_bytes(cid), data
