@@ -108,8 +108,11 @@ class WriteContext:
         self.touched[did] = (repo, blocks)
         rev = data.rev
         for cid, block in blocks.take_pending().items():
+            # a block written again (same content) takes the new rev: getRepo?since
+            # must include it for the new revision
             self.execute(
-                "INSERT OR IGNORE INTO block (did, cid, data, rev) VALUES (?, ?, ?, ?)",
+                "INSERT INTO block (did, cid, data, rev) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (did, cid) DO UPDATE SET rev = excluded.rev",
                 did, cid.bytes, block, rev,
             )
         for op in data.ops:

@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from roost import cbor
-from roost.auth import SessionCredentials
 from roost.cid import CID
 from roost.errors import (
     AuthRequired,
@@ -58,7 +57,7 @@ from roost.repo import MAX_COMMIT_OPS, CommitData, Repo, Write
 from roost.xrpc import XrpcContext, XrpcRouter
 
 from pds.api.server import ACCESS
-from pds.context import PdsContext, pds, resolve_repo
+from pds.context import PdsContext, pds, require_self, resolve_repo
 from pds.sqlite import AccountRow, PdsDatabase
 from pds.writer import WriteContext
 
@@ -107,9 +106,7 @@ def inactive_error(account: AccountRow) -> RoostError:
 def _writable(ctx: XrpcContext, p: PdsContext, repo: str) -> AccountRow:
     """The caller's own, active account named by ``repo``."""
     account = resolve_repo(p, repo)
-    creds = ctx.auth
-    if not isinstance(creds, SessionCredentials) or creds.did != account.did:
-        raise AuthRequired("Authentication Required: not the owner of this repo")
+    require_self(ctx, account)
     if not account.active:
         raise inactive_error(account)
     return account

@@ -12,7 +12,7 @@ CAR streamed while the account keeps writing is still exactly one revision
 its CAR, reading the snapshot in worker threads; ``getRecord`` (a proof)
 and ``getBlocks`` are small and answered whole.
 
-``subscribeRepos`` is registered by :mod:`pds.sequencer`; blobs
+``subscribeRepos`` is registered by :mod:`pds.app` (served by the sequencer); blobs
 (``getBlob``, ``listBlobs``) by the blob module.
 """
 
