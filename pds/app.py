@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import httpx
@@ -27,6 +27,7 @@ from roost.plc import PlcClient
 from roost.xrpc import XrpcContext, XrpcRouter
 
 from pds.api import identity, repo, server, sync
+from pds.blobstore import DiskBlobStore
 from pds.config import PdsConfig
 from pds.context import PdsContext
 from pds.sequencer import Sequencer
@@ -103,12 +104,17 @@ def create_app(config: PdsConfig, *, catalog: Catalog | None = None) -> Starlett
             refresh=SessionAuth(
                 secret, config.service_did, token_type="refresh", check=check_session
             ),
+            blobs=DiskBlobStore(config.blob_dir),
         )
         app.state.pds = ctx
         await writer.start()
+        blob_gc = asyncio.create_task(repo.run_blob_gc(ctx), name="pds-blob-gc")
         try:
             yield
         finally:
+            blob_gc.cancel()
+            with suppress(asyncio.CancelledError):
+                await blob_gc
             sequencer.close()
             await writer.stop()
             await http.aclose()

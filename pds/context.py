@@ -18,6 +18,7 @@ from roost.lexicon import Catalog
 from roost.plc import PlcClient
 from roost.xrpc import XrpcContext
 
+from pds.blobstore import DiskBlobStore
 from pds.config import PdsConfig
 from pds.sequencer import Sequencer
 from pds.sqlite import AccountRow, PdsDatabase
@@ -37,6 +38,8 @@ class PdsContext:
     http: httpx.AsyncClient
     access: SessionAuth
     refresh: SessionAuth
+    #: The account blobs on disk (``config.blob_dir``).
+    blobs: DiskBlobStore
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -27,7 +27,15 @@ from typing import Any
 
 from roost.cid import CID
 
-__all__ = ["AccountBlocks", "AccountRow", "PdsDatabase", "ReadSnapshot", "SCHEMA_VERSION"]
+__all__ = [
+    "AccountBlocks",
+    "AccountRow",
+    "BlobRow",
+    "PdsDatabase",
+    "ReadSnapshot",
+    "SCHEMA_VERSION",
+    "Statement",
+]
 
 #: Numbered migrations; each runs once, in order, in one transaction.
 MIGRATIONS: tuple[str, ...] = (
@@ -153,6 +161,32 @@ class AccountRow:
     @property
     def active(self) -> bool:
         return self.status == "active"
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRow:
+    """One blob an account holds: temporary (``temp_key`` set) or permanent."""
+
+    did: str
+    cid: CID
+    mime_type: str
+    size: int
+    temp_key: str | None
+    created_at: str
+
+    @property
+    def permanent(self) -> bool:
+        return self.temp_key is None
+
+
+#: One SQL statement and its parameters, for the writer's transaction.
+Statement = tuple[str, tuple[Any, ...]]
+
+_BLOB_COLUMNS = "did, cid, mime_type, size, temp_key, created_at"
+
+
+def _blob_row(row: Sequence[Any]) -> BlobRow:
+    return BlobRow(row[0], CID.from_bytes(row[1]), row[2], row[3], row[4], row[5])
 
 
 class PdsDatabase:
@@ -381,6 +415,168 @@ class PdsDatabase:
                 return out
             after = row[0]
             out.append(after)
+
+    # -- blobs (reads) -------------------------------------------------------------
+
+    def blob(self, did: str, cid: CID) -> BlobRow | None:
+        row = self._read.execute(
+            f"SELECT {_BLOB_COLUMNS} FROM blob WHERE did = ? AND cid = ?", (did, cid.bytes)
+        ).fetchone()
+        return _blob_row(row) if row else None
+
+    def blob_cids(self, did: str) -> set[CID]:
+        """CIDs of every blob row of the account, temporary or permanent."""
+        rows = self._read.execute("SELECT cid FROM blob WHERE did = ?", (did,))
+        return {CID.from_bytes(row[0]) for row in rows}
+
+    def blob_referenced(self, did: str, cid: CID) -> bool:
+        """True if a current record of the account references the blob."""
+        row = self._read.execute(
+            "SELECT 1 FROM record_blob WHERE did = ? AND blob_cid = ? LIMIT 1", (did, cid.bytes)
+        ).fetchone()
+        return row is not None
+
+    def blobs_at_paths(self, did: str, paths: Iterable[str]) -> set[CID]:
+        """CIDs of the blobs the records at ``paths`` (``collection/rkey``) reference."""
+        out: set[CID] = set()
+        for path in set(paths):
+            for (cid,) in self._read.execute(
+                "SELECT blob_cid FROM record_blob WHERE did = ? AND path = ?", (did, path)
+            ):
+                out.add(CID.from_bytes(cid))
+        return out
+
+    def referenced_blob_cids(self, did: str, since: str | None = None) -> list[CID]:
+        """Distinct CIDs current records of the account reference (unordered).
+
+        ``since``: only those of records written by revisions after it.
+        """
+        if since is None:
+            rows = self._read.execute(
+                "SELECT DISTINCT blob_cid FROM record_blob WHERE did = ?", (did,)
+            )
+        else:
+            rows = self._read.execute(
+                "SELECT DISTINCT rb.blob_cid FROM record r JOIN record_blob rb"
+                " ON rb.did = r.did AND rb.path = r.collection || '/' || r.rkey"
+                " WHERE r.did = ? AND r.rev > ?",
+                (did, since),
+            )
+        return [CID.from_bytes(row[0]) for row in rows]
+
+    def missing_blobs(self, did: str) -> list[tuple[CID, str]]:
+        """(CID, one referencing path) of referenced blobs the account does not hold
+        permanently (after an import, until they are uploaded). Unordered, one per CID."""
+        rows = self._read.execute(
+            "SELECT rb.blob_cid, MIN(rb.path) FROM record_blob rb WHERE rb.did = ?"
+            " AND NOT EXISTS (SELECT 1 FROM blob b WHERE b.did = rb.did"
+            " AND b.cid = rb.blob_cid AND b.temp_key IS NULL)"
+            " GROUP BY rb.blob_cid",
+            (did,),
+        )
+        return [(CID.from_bytes(cid), path) for cid, path in rows]
+
+    def stale_temp_blobs(self, created_before: str, limit: int) -> list[BlobRow]:
+        """Temporary blobs no record references, created at or before ``created_before``."""
+        rows = self._read.execute(
+            f"SELECT {_BLOB_COLUMNS} FROM blob b WHERE b.temp_key IS NOT NULL"
+            " AND b.created_at <= ? AND NOT EXISTS (SELECT 1 FROM record_blob rb"
+            " WHERE rb.did = b.did AND rb.blob_cid = b.cid) LIMIT ?",
+            (created_before, limit),
+        ).fetchall()
+        return [_blob_row(row) for row in rows]
+
+    def referenced_temp_blobs(self, limit: int) -> list[BlobRow]:
+        """Temporary blobs a record references (a write or upload cut short by a crash)."""
+        rows = self._read.execute(
+            f"SELECT {_BLOB_COLUMNS} FROM blob b WHERE b.temp_key IS NOT NULL"
+            " AND EXISTS (SELECT 1 FROM record_blob rb"
+            " WHERE rb.did = b.did AND rb.blob_cid = b.cid) LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [_blob_row(row) for row in rows]
+
+    def account_dids(self) -> list[str]:
+        return [row[0] for row in self._read.execute("SELECT did FROM account ORDER BY did")]
+
+    # -- blobs (statements for the writer's transaction) ---------------------------
+
+    @staticmethod
+    def track_upload_sql(
+        did: str, cid: CID, mime_type: str, size: int, temp_key: str, created_at: str,
+        *, moved: bool,
+    ) -> Statement:
+        """Record an upload as a temporary blob; a blob already permanent stays so.
+
+        ``moved``: the file was already put in place because records reference the
+        blob (an import); it becomes permanent if they still do at commit.
+        """
+        return (
+            "INSERT INTO blob (did, cid, mime_type, size, temp_key, created_at)"
+            " VALUES (?1, ?2, ?3, ?4, CASE WHEN ?7 AND EXISTS (SELECT 1 FROM record_blob"
+            " WHERE did = ?1 AND blob_cid = ?2) THEN NULL ELSE ?5 END, ?6)"
+            " ON CONFLICT (did, cid) DO UPDATE SET temp_key = excluded.temp_key,"
+            " mime_type = excluded.mime_type, size = excluded.size,"
+            " created_at = excluded.created_at WHERE blob.temp_key IS NOT NULL",
+            (did, cid.bytes, mime_type, size, temp_key, created_at, int(moved)),
+        )
+
+    @staticmethod
+    def unlink_record_blobs_sql(did: str, path: str) -> list[Statement]:
+        """Forget the blob references of the record at ``path``; delete the rows of
+        blobs no other record of the account references any more."""
+        return [
+            (
+                "DELETE FROM blob WHERE did = ?1 AND cid IN (SELECT blob_cid FROM record_blob"
+                " WHERE did = ?1 AND path = ?2) AND NOT EXISTS (SELECT 1 FROM record_blob rb"
+                " WHERE rb.did = ?1 AND rb.blob_cid = blob.cid AND rb.path <> ?2)",
+                (did, path),
+            ),
+            ("DELETE FROM record_blob WHERE did = ? AND path = ?", (did, path)),
+        ]
+
+    @staticmethod
+    def link_record_blob_sql(
+        did: str, path: str, blob: BlobRow, created_at: str
+    ) -> list[Statement]:
+        """The record at ``path`` references ``blob``, which is (now) permanent.
+
+        The blob row is written back if a job earlier in the same transaction
+        deleted it (its file is in place: the caller checked).
+        """
+        return [
+            (
+                "INSERT INTO record_blob (did, blob_cid, path) VALUES (?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                (did, blob.cid.bytes, path),
+            ),
+            (
+                "INSERT INTO blob (did, cid, mime_type, size, temp_key, created_at)"
+                " VALUES (?, ?, ?, ?, NULL, ?)"
+                " ON CONFLICT (did, cid) DO UPDATE SET temp_key = NULL,"
+                " mime_type = excluded.mime_type",
+                (did, blob.cid.bytes, blob.mime_type, blob.size, created_at),
+            ),
+        ]
+
+    @staticmethod
+    def settle_temp_blob_sql(did: str, cid: CID, temp_key: str) -> Statement:
+        """A temporary blob whose file was moved into place becomes permanent,
+        if records still reference it."""
+        return (
+            "UPDATE blob SET temp_key = NULL WHERE did = ?1 AND cid = ?2 AND temp_key = ?3"
+            " AND EXISTS (SELECT 1 FROM record_blob WHERE did = ?1 AND blob_cid = ?2)",
+            (did, cid.bytes, temp_key),
+        )
+
+    @staticmethod
+    def drop_temp_blob_sql(did: str, cid: CID, temp_key: str) -> Statement:
+        """Delete a temporary blob's row unless a record references it by now."""
+        return (
+            "DELETE FROM blob WHERE did = ?1 AND cid = ?2 AND temp_key = ?3"
+            " AND NOT EXISTS (SELECT 1 FROM record_blob WHERE did = ?1 AND blob_cid = ?2)",
+            (did, cid.bytes, temp_key),
+        )
 
     def snapshot(self) -> ReadSnapshot:
         """A consistent read-only view for a long read (a repo export); close it."""

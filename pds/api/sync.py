@@ -12,8 +12,12 @@ CAR streamed while the account keeps writing is still exactly one revision
 its CAR, reading the snapshot in worker threads; ``getRecord`` (a proof)
 and ``getBlocks`` are small and answered whole.
 
-``subscribeRepos`` is registered by :mod:`pds.app` (served by the sequencer); blobs
-(``getBlob``, ``listBlobs``) by the blob module.
+``getBlob`` serves only permanent blobs (a temporary upload is private until
+a record references it), with single-range ``Range`` support and the
+serving headers of ``spec/sync.md`` section 2 (:func:`pds.blobstore.blob_response`);
+``listBlobs`` lists the CIDs current records reference, sorted by CID string.
+
+``subscribeRepos`` is registered by :mod:`pds.app` (served by the sequencer).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any, Final
 
 from starlette.requests import HTTPConnection
+from starlette.responses import Response
 
 from roost.auth import (
     AdminAuth,
@@ -42,6 +47,7 @@ from roost.xrpc import Output, XrpcContext, XrpcRouter
 
 from pds.api.repo import inactive_error
 from pds.api.server import ACCESS
+from pds.blobstore import BlobNotFound, blob_response
 from pds.context import PdsContext, pds
 from pds.sqlite import AccountRow, ReadSnapshot
 
@@ -84,6 +90,8 @@ def register(router: XrpcRouter) -> None:
     router.query("com.atproto.sync.getLatestCommit", auth=SELF_OR_ADMIN)(get_latest_commit)
     router.query("com.atproto.sync.getRecord", auth=SELF_OR_ADMIN)(get_record)
     router.query("com.atproto.sync.getBlocks", auth=SELF_OR_ADMIN)(get_blocks)
+    router.query("com.atproto.sync.getBlob", auth=SELF_OR_ADMIN)(get_blob)
+    router.query("com.atproto.sync.listBlobs", auth=SELF_OR_ADMIN)(list_blobs)
     router.query("com.atproto.sync.listRepos")(list_repos)
     router.query("com.atproto.sync.getRepoStatus")(get_repo_status)
 
@@ -253,6 +261,51 @@ async def get_blocks(ctx: XrpcContext) -> Output:
     if missing:
         raise MissingBlock(f"Could not find cids: {', '.join(missing)}")
     return Output(car_bytes([], ((c, found[c]) for c in wanted)), CAR_MIME)
+
+
+# -- blobs ------------------------------------------------------------------------------------
+
+
+async def get_blob(ctx: XrpcContext) -> Response:
+    p = pds(ctx)
+    did = ctx.params["did"]
+    account = _available(ctx, p, did)
+    cid = CID.from_str(ctx.params["cid"])
+    row = p.db.blob(did, cid)
+    if row is None or not row.permanent:
+        raise BlobNotFound("Blob not found")
+    request = ctx.request
+    headers = request.headers
+    # a blob of an inactive account reaches only its owner or the operator: not for caches
+    cache: dict[str, str] = {} if account.active else {"cache_control": "private, no-store"}
+    return await blob_response(
+        p.blobs,
+        did,
+        cid,
+        row.mime_type,
+        headers.get("range"),
+        if_range=headers.get("if-range"),
+        if_none_match=headers.get("if-none-match"),
+        head=request.scope.get("method") == "HEAD",
+        **cache,
+    )
+
+
+async def list_blobs(ctx: XrpcContext) -> dict[str, Any]:
+    p = pds(ctx)
+    params = ctx.params
+    did = params["did"]
+    _available(ctx, p, did)
+    limit: int = params["limit"]
+    cursor = params.get("cursor")
+    cids = sorted(str(cid) for cid in p.db.referenced_blob_cids(did, params.get("since")))
+    if cursor is not None:
+        cids = [c for c in cids if c > cursor]
+    page = cids[:limit]
+    out: dict[str, Any] = {"cids": page}
+    if len(cids) > limit:
+        out["cursor"] = page[-1]
+    return out
 
 
 # -- hosting status -------------------------------------------------------------------------
