@@ -189,7 +189,50 @@ def _blob_row(row: Sequence[Any]) -> BlobRow:
     return BlobRow(row[0], CID.from_bytes(row[1]), row[2], row[3], row[4], row[5])
 
 
-class PdsDatabase:
+class _RepoReads:
+    """Repo reads shared by the database's read connection and read snapshots."""
+
+    __slots__ = ()
+    _conn: sqlite3.Connection
+
+    def repo_root(self, did: str) -> tuple[CID, str, CID] | None:
+        """(commit CID, rev, data CID) of the account's head."""
+        row = self._conn.execute(
+            "SELECT cid, rev, data FROM repo_root WHERE did = ?", (did,)
+        ).fetchone()
+        if row is None:
+            return None
+        return CID.from_bytes(row[0]), row[1], CID.from_bytes(row[2])
+
+    def get_block(self, did: str, cid: CID) -> bytes | None:
+        row = self._conn.execute(
+            "SELECT data FROM block WHERE did = ? AND cid = ?", (did, cid.bytes)
+        ).fetchone()
+        return row[0] if row else None
+
+    def get_blocks(self, did: str, cids: Iterable[CID]) -> dict[CID, bytes]:
+        out: dict[CID, bytes] = {}
+        wanted = list(cids)
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for cid, data in self._conn.execute(
+                f"SELECT cid, data FROM block WHERE did = ? AND cid IN ({marks})",
+                (did, *(c.bytes for c in chunk)),
+            ):
+                out[CID.from_bytes(cid)] = data
+        return out
+
+    def blocks_since(self, did: str, rev: str) -> Iterator[tuple[CID, bytes]]:
+        """Blocks written by revisions after ``rev`` (for ``getRepo?since``)."""
+        cursor = self._conn.execute(
+            "SELECT cid, data FROM block WHERE did = ? AND rev > ? ORDER BY rev", (did, rev)
+        )
+        for cid, data in cursor:
+            yield CID.from_bytes(cid), data
+
+
+class PdsDatabase(_RepoReads):
     """The PDS database: migrations, reads on the loop, writes by the writer."""
 
     def __init__(self, path: Path | str) -> None:
@@ -199,6 +242,7 @@ class PdsDatabase:
         self._write.execute("PRAGMA synchronous=FULL")
         self._read = self._connect()
         self._read.execute("PRAGMA query_only=ON")
+        self._conn = self._read  # the shared repo reads run on the read connection
         self._write_lock = threading.Lock()
         self.migrate()
 
@@ -295,48 +339,12 @@ class PdsDatabase:
 
     # -- repos ---------------------------------------------------------------
 
-    def repo_root(self, did: str) -> tuple[CID, str, CID] | None:
-        """(commit CID, rev, data CID) of the account's head."""
-        row = self._read.execute(
-            "SELECT cid, rev, data FROM repo_root WHERE did = ?", (did,)
-        ).fetchone()
-        if row is None:
-            return None
-        return CID.from_bytes(row[0]), row[1], CID.from_bytes(row[2])
-
     def record_cid(self, did: str, collection: str, rkey: str) -> CID | None:
         row = self._read.execute(
             "SELECT cid FROM record WHERE did = ? AND collection = ? AND rkey = ?",
             (did, collection, rkey),
         ).fetchone()
         return CID.from_bytes(row[0]) if row else None
-
-    def get_block(self, did: str, cid: CID) -> bytes | None:
-        row = self._read.execute(
-            "SELECT data FROM block WHERE did = ? AND cid = ?", (did, cid.bytes)
-        ).fetchone()
-        return row[0] if row else None
-
-    def get_blocks(self, did: str, cids: Iterable[CID]) -> dict[CID, bytes]:
-        out: dict[CID, bytes] = {}
-        wanted = list(cids)
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for cid, data in self._read.execute(
-                f"SELECT cid, data FROM block WHERE did = ? AND cid IN ({marks})",
-                (did, *(c.bytes for c in chunk)),
-            ):
-                out[CID.from_bytes(cid)] = data
-        return out
-
-    def blocks_since(self, did: str, rev: str) -> Iterator[tuple[CID, bytes]]:
-        """Blocks written by revisions after ``rev`` (for ``getRepo?since``)."""
-        cursor = self._read.execute(
-            "SELECT cid, data FROM block WHERE did = ? AND rev > ? ORDER BY rev", (did, rev)
-        )
-        for cid, data in cursor:
-            yield CID.from_bytes(cid), data
 
     def count_records(self, did: str) -> int:
         return self._read.execute("SELECT COUNT(*) FROM record WHERE did = ?", (did,)).fetchone()[0]
@@ -629,7 +637,7 @@ class AccountBlocks:
         return pending
 
 
-class ReadSnapshot:
+class ReadSnapshot(_RepoReads):
     """One read transaction on its own connection: a frozen view of the database.
 
     Commits made while it is open are invisible to it, so a repo export
@@ -661,42 +669,6 @@ class ReadSnapshot:
 
     def close(self) -> None:
         self._conn.close()  # ends the read transaction
-
-    def repo_root(self, did: str) -> tuple[CID, str, CID] | None:
-        """(commit CID, rev, data CID) of the account's head."""
-        row = self._conn.execute(
-            "SELECT cid, rev, data FROM repo_root WHERE did = ?", (did,)
-        ).fetchone()
-        if row is None:
-            return None
-        return CID.from_bytes(row[0]), row[1], CID.from_bytes(row[2])
-
-    def get_block(self, did: str, cid: CID) -> bytes | None:
-        row = self._conn.execute(
-            "SELECT data FROM block WHERE did = ? AND cid = ?", (did, cid.bytes)
-        ).fetchone()
-        return row[0] if row else None
-
-    def get_blocks(self, did: str, cids: Iterable[CID]) -> dict[CID, bytes]:
-        out: dict[CID, bytes] = {}
-        wanted = list(cids)
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for cid, data in self._conn.execute(
-                f"SELECT cid, data FROM block WHERE did = ? AND cid IN ({marks})",
-                (did, *(c.bytes for c in chunk)),
-            ):
-                out[CID.from_bytes(cid)] = data
-        return out
-
-    def blocks_since(self, did: str, rev: str) -> Iterator[tuple[CID, bytes]]:
-        """Blocks written by revisions after ``rev``."""
-        cursor = self._conn.execute(
-            "SELECT cid, data FROM block WHERE did = ? AND rev > ? ORDER BY rev", (did, rev)
-        )
-        for cid, data in cursor:
-            yield CID.from_bytes(cid), data
 
     def record_blocks_since(self, did: str, rev: str) -> Iterator[tuple[CID, bytes]]:
         """Blocks of the records written by revisions after ``rev``.
