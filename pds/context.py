@@ -26,6 +26,9 @@ from pds.writer import Writer
 
 __all__ = ["PdsContext", "pds", "require_self", "resolve_repo"]
 
+#: Parsed signing keys kept in memory (parsing derives the public key: ~0.1 ms).
+SIGNING_KEY_CACHE_SIZE = 10_000
+
 
 @dataclass(slots=True)
 class PdsContext:
@@ -47,7 +50,14 @@ class PdsContext:
         return self.config.service_did
 
     def signing_key(self, account: AccountRow) -> PrivateKey:
-        return PrivateKey.from_hex(account.signing_key, "k256")
+        """The account's repo signing key (parsed once, then cached by its hex)."""
+        cache: dict[str, PrivateKey] = self.extra.setdefault("signing_keys", {})
+        key = cache.get(account.signing_key)
+        if key is None:
+            if len(cache) >= SIGNING_KEY_CACHE_SIZE:
+                cache.clear()
+            key = cache[account.signing_key] = PrivateKey.from_hex(account.signing_key, "k256")
+        return key
 
 
 def pds(ctx: XrpcContext) -> PdsContext:
