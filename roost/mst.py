@@ -260,6 +260,15 @@ class NodeStore:
         data = self.blocks.get(cid)
         if data is None:
             raise MissingBlock(f"MST node {cid} is missing", cid)
+        return self.add(cid, data, layer)
+
+    def add(self, cid: CID, data: bytes, layer: int | None = None) -> Node:
+        """Decode a node block fetched elsewhere (e.g. in a batch) into the cache."""
+        node = self._cache.get(cid)
+        if node is not None:
+            if layer is not None and node.layer != layer:
+                raise InvalidMst(f"MST node {cid} is at layer {node.layer}, expected {layer}")
+            return node
         if self.verify and not cid.matches(data):
             raise InvalidMst(f"MST node block does not hash to {cid}")
         node = decode_node(data, layer, verify=self.verify)

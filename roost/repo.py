@@ -432,29 +432,43 @@ def _commit(
 
 
 def _tree_blocks(tree: MST, blocks: BlockStore) -> Iterator[tuple[CID, bytes]]:
-    """MST nodes pre-order, each followed in key order by its records and subtrees."""
-    resolve = tree.store.resolve
-    # stack items: a Node to expand, or a CID of a record to emit
-    stack: list[Node | CID] = [tree.root]
+    """MST nodes pre-order, each followed in key order by its records and subtrees.
+
+    Each node's records and not-yet-loaded children are fetched in one batch
+    (one query per node on a database-backed store, not one per block).
+    """
+    store = tree.store
+    # stack items: a Node to expand, or a (CID, bytes) record block to emit
+    stack: list[Node | tuple[CID, bytes]] = [tree.root]
     while stack:
         item = stack.pop()
-        if type(item) is CID:
-            data = blocks.get(item)
-            if data is None:
-                raise MissingBlock(f"record block {item} is missing", item)
-            yield item, data
+        if type(item) is tuple:
+            yield item
             continue
         node: Node = item  # type: ignore[assignment]
         yield node.cid, node.block
         layer = node.layer - 1
-        pending: list[Node | CID] = []
         subs = node.subs
-        if subs[0] is not None:
-            pending.append(resolve(subs[0], layer))
-        for i, val in enumerate(node.vals):
-            pending.append(val)
-            if subs[i + 1] is not None:
-                pending.append(resolve(subs[i + 1], layer))  # type: ignore[arg-type]
+        wanted = list(node.vals)
+        wanted.extend(sub for sub in subs if type(sub) is CID)
+        got = blocks.get_many(wanted)
+        pending: list[Node | tuple[CID, bytes]] = []
+        for i, sub in enumerate(subs):
+            if i:
+                val = node.vals[i - 1]
+                data = got.get(val)
+                if data is None:
+                    raise MissingBlock(f"record block {val} is missing", val)
+                pending.append((val, data))
+            if sub is None:
+                continue
+            if type(sub) is CID:
+                data = got.get(sub)
+                if data is None:
+                    raise MissingBlock(f"MST node {sub} is missing", sub)
+                pending.append(store.add(sub, data, layer))
+            else:
+                pending.append(sub)  # type: ignore[arg-type]
         pending.reverse()
         stack.extend(pending)
 
