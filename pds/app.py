@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -20,13 +21,13 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from roost.auth import SessionAuth, SessionCredentials
-from roost.errors import AccountTakedown, ExpiredToken
+from roost.errors import AccountTakedown, ExpiredToken, RoostError
 from roost.lexicon import Catalog
 from roost.netguard import GuardedTransport, OutboundPolicy
 from roost.plc import PlcClient
 from roost.xrpc import XrpcContext, XrpcRouter
 
-from pds.api import identity, repo, server, sync
+from pds.api import actor, identity, repo, server, sync
 from pds.blobstore import DiskBlobStore
 from pds.config import PdsConfig
 from pds.context import PdsContext
@@ -34,9 +35,66 @@ from pds.sequencer import Sequencer
 from pds.sqlite import PdsDatabase
 from pds.writer import Writer
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "request_crawl"]
 
 log = logging.getLogger(__name__)
+
+#: A relay is asked to crawl this server at most this often (per relay and hostname).
+CRAWL_REQUEST_INTERVAL_S = 20 * 60
+#: Attempts per relay, and the delay before the first retry (then x4 each time).
+CRAWL_REQUEST_ATTEMPTS = 3
+CRAWL_RETRY_DELAY_S = 2.0
+#: (relay url, hostname) -> time.monotonic() of the last request sent in this process.
+_last_crawl_request: dict[tuple[str, str], float] = {}
+
+
+async def request_crawl(
+    http: httpx.AsyncClient,
+    relay_urls: Sequence[str],
+    hostname: str,
+    *,
+    retry_delay: float = CRAWL_RETRY_DELAY_S,
+) -> None:
+    """POST ``com.atproto.sync.requestCrawl {hostname}`` to each relay, concurrently.
+
+    Failures are logged, never raised; each relay gets a few attempts with
+    exponential backoff, and is asked at most once per
+    :data:`CRAWL_REQUEST_INTERVAL_S` for a hostname.
+    """
+
+    async def one(relay: str) -> None:
+        key = (relay, hostname)
+        last = _last_crawl_request.get(key)
+        if last is not None and time.monotonic() - last < CRAWL_REQUEST_INTERVAL_S:
+            log.info("requestCrawl to %s skipped: asked recently", relay)
+            return
+        _last_crawl_request[key] = time.monotonic()
+        url = relay.rstrip("/") + "/xrpc/com.atproto.sync.requestCrawl"
+        delay = retry_delay
+        for attempt in range(1, CRAWL_REQUEST_ATTEMPTS + 1):
+            try:
+                response = await http.post(url, json={"hostname": hostname})
+            except (httpx.HTTPError, RoostError) as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.is_success:
+                    log.info("requestCrawl to %s accepted", relay)
+                    return
+                problem = f"HTTP {response.status_code}: {response.text[:200]}"
+                if response.status_code < 500 and response.status_code != 429:
+                    log.warning("requestCrawl to %s refused (%s)", relay, problem)
+                    return
+            if attempt == CRAWL_REQUEST_ATTEMPTS:
+                log.warning("requestCrawl to %s failed, giving up (%s)", relay, problem)
+                return
+            log.info("requestCrawl to %s failed (%s), retrying in %.0fs", relay, problem, delay)
+            await asyncio.sleep(delay)
+            delay *= 4
+
+    results = await asyncio.gather(*(one(relay) for relay in relay_urls), return_exceptions=True)
+    for relay, result in zip(relay_urls, results):
+        if isinstance(result, Exception):
+            log.warning("requestCrawl to %s failed: %r", relay, result)
 
 
 class _EventLog:
@@ -64,6 +122,7 @@ def create_app(config: PdsConfig, *, catalog: Catalog | None = None) -> Starlett
     repo.register(router)
     sync.register(router)
     identity.register(router)
+    actor.register(router)
 
     @router.subscription("com.atproto.sync.subscribeRepos")
     async def subscribe_repos(ctx: XrpcContext) -> AsyncIterator[bytes]:
@@ -109,12 +168,16 @@ def create_app(config: PdsConfig, *, catalog: Catalog | None = None) -> Starlett
         app.state.pds = ctx
         await writer.start()
         blob_gc = asyncio.create_task(repo.run_blob_gc(ctx), name="pds-blob-gc")
+        crawl = asyncio.create_task(
+            request_crawl(http, config.relay_urls, config.hostname), name="pds-request-crawl"
+        )
         try:
             yield
         finally:
-            blob_gc.cancel()
-            with suppress(asyncio.CancelledError):
-                await blob_gc
+            for task in (blob_gc, crawl):
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
             sequencer.close()
             await writer.stop()
             await http.aclose()

@@ -507,6 +507,80 @@ class PdsDatabase(_RepoReads):
     def account_dids(self) -> list[str]:
         return [row[0] for row in self._read.execute("SELECT did FROM account ORDER BY did")]
 
+    # -- app passwords -----------------------------------------------------------
+
+    def app_passwords(self, did: str) -> list[tuple[str, str, bool]]:
+        """(name, created_at, privileged) of the account's app passwords, newest first."""
+        rows = self._read.execute(
+            "SELECT name, created_at, privileged FROM app_password WHERE did = ?"
+            " ORDER BY created_at DESC, name",
+            (did,),
+        ).fetchall()
+        return [(r[0], r[1], bool(r[2])) for r in rows]
+
+    def app_password(self, did: str, name: str) -> tuple[str, bool] | None:
+        """(password_hash, privileged) of one app password by name."""
+        row = self._read.execute(
+            "SELECT password_hash, privileged FROM app_password WHERE did = ? AND name = ?",
+            (did, name),
+        ).fetchone()
+        return (row[0], bool(row[1])) if row else None
+
+    def app_password_by_hash(self, did: str, password_hash: str) -> tuple[str, bool] | None:
+        """(name, privileged) of the app password stored with ``password_hash``."""
+        row = self._read.execute(
+            "SELECT name, privileged FROM app_password WHERE did = ? AND password_hash = ?",
+            (did, password_hash),
+        ).fetchone()
+        return (row[0], bool(row[1])) if row else None
+
+    @staticmethod
+    def insert_app_password_sql(
+        did: str, name: str, password_hash: str, created_at: str, privileged: bool
+    ) -> Statement:
+        return (
+            "INSERT INTO app_password (did, name, password_hash, created_at, privileged)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (did, name, password_hash, created_at, int(privileged)),
+        )
+
+    @staticmethod
+    def revoke_app_password_sql(did: str, name: str) -> list[Statement]:
+        """Delete an app password and the refresh tokens issued for it."""
+        return [
+            ("DELETE FROM app_password WHERE did = ? AND name = ?", (did, name)),
+            ("DELETE FROM refresh_token WHERE did = ? AND app_password = ?", (did, name)),
+        ]
+
+    # -- preferences ---------------------------------------------------------------
+
+    def preferences(self, did: str) -> list[str]:
+        """The account's stored preferences (JSON texts), in their stored order."""
+        rows = self._read.execute(
+            "SELECT value FROM preference WHERE did = ? ORDER BY name", (did,)
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    @staticmethod
+    def replace_preferences_sql(did: str, values: Sequence[str]) -> list[Statement]:
+        """Replace the account's whole preference set (``values`` are JSON texts).
+
+        Rows are named by position (``000000``, ``000001``...) so the order and
+        repeated ``$type``s survive.
+        """
+        out: list[Statement] = [("DELETE FROM preference WHERE did = ?", (did,))]
+        out.extend(
+            ("INSERT INTO preference (did, name, value) VALUES (?, ?, ?)", (did, f"{i:06d}", v))
+            for i, v in enumerate(values)
+        )
+        return out
+
+    # -- accounts (statements for the writer's transaction) ------------------------
+
+    @staticmethod
+    def update_handle_sql(did: str, handle: str) -> Statement:
+        return ("UPDATE account SET handle = ? WHERE did = ?", (handle, did))
+
     # -- blobs (statements for the writer's transaction) ---------------------------
 
     @staticmethod

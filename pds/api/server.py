@@ -6,12 +6,21 @@ import secrets
 import time
 from typing import Any
 
-from roost.auth import SCOPE_ACCESS, SCOPE_REFRESH, SessionCredentials
+from roost.auth import (
+    FULL_ACCESS_SCOPES,
+    SCOPE_ACCESS,
+    SCOPE_APP_PASS,
+    SCOPE_APP_PASS_PRIVILEGED,
+    SCOPE_REFRESH,
+    InvalidToken,
+    SessionCredentials,
+)
 from roost.crypto import PrivateKey, parse_did_key
 from roost.errors import (
     AccountTakedown,
     AuthRequired,
     CryptoError,
+    ExpiredToken,
     HandleNotAvailable,
     InvalidHandle,
     InvalidInviteCode,
@@ -23,11 +32,26 @@ from roost.syntax import is_valid_handle
 from roost.xrpc import XrpcContext, XrpcRouter
 
 from pds.context import PdsContext, pds
-from pds.passwords import hash_password_async, verify_password_async
-from pds.sqlite import AccountRow
+from pds.passwords import (
+    app_password_digest,
+    generate_app_password,
+    hash_password_async,
+    is_app_password_format,
+    verify_password_async,
+)
+from pds.sqlite import AccountRow, PdsDatabase, Statement
 from pds.writer import WriteContext, utc_now
 
-__all__ = ["register", "issue_session", "ACCESS_TOKEN_SECONDS", "REFRESH_TOKEN_SECONDS"]
+__all__ = [
+    "ACCESS",
+    "ACCESS_TOKEN_SECONDS",
+    "FULL_ACCESS",
+    "REFRESH_TOKEN_SECONDS",
+    "check_handle",
+    "full_access",
+    "issue_session",
+    "register",
+]
 
 #: Lifetimes of session tokens (the reference PDS's values).
 ACCESS_TOKEN_SECONDS = 120 * 60
@@ -37,6 +61,8 @@ REFRESH_GRACE_SECONDS = 2 * 3600
 #: Handle labels under the server's domain.
 MIN_HANDLE_LABEL = 3
 MAX_HANDLE_LABEL = 18
+#: Longest app password name accepted.
+MAX_APP_PASSWORD_NAME = 100
 
 
 def register(router: XrpcRouter) -> None:
@@ -48,6 +74,12 @@ def register(router: XrpcRouter) -> None:
     router.query("com.atproto.server.getSession", auth=_Access())(get_session)
     router.procedure("com.atproto.server.refreshSession", auth=_Refresh())(refresh_session)
     router.procedure("com.atproto.server.deleteSession", auth=_Refresh())(delete_session)
+
+    router.procedure("com.atproto.server.createAppPassword", auth=FULL_ACCESS)(
+        create_app_password
+    )
+    router.query("com.atproto.server.listAppPasswords", auth=ACCESS)(list_app_passwords)
+    router.procedure("com.atproto.server.revokeAppPassword", auth=ACCESS)(revoke_app_password)
 
 
 class _Lazy:
@@ -70,7 +102,29 @@ class _Refresh(_Lazy):
     attr = "refresh"
 
 
+class _FullAccess(_Access):
+    """Access tokens of a main-password session only (app passwords: ``InvalidToken``)."""
+
+    async def __call__(self, conn: Any, nsid: str) -> Any:
+        creds = await super().__call__(conn, nsid)
+        full_access(creds)
+        return creds
+
+
+def full_access(creds: Any) -> None:
+    """Raise ``InvalidToken "Bad token scope"`` unless ``creds`` has full access."""
+    if not isinstance(creds, SessionCredentials) or creds.scope not in FULL_ACCESS_SCOPES:
+        raise InvalidToken("Bad token scope")
+
+
 ACCESS = _Access()
+#: For "full-access" routes (xrpc.md §6): the main password, never an app password.
+FULL_ACCESS = _FullAccess()
+
+
+def _execute(w: WriteContext, statements: list[Statement]) -> None:
+    for sql, params in statements:
+        w.execute(sql, *params)
 
 
 # -- describeServer -------------------------------------------------------------------
@@ -98,7 +152,8 @@ async def describe_server(ctx: XrpcContext) -> dict[str, Any]:
 # -- createAccount ----------------------------------------------------------------------
 
 
-def _check_handle(p: PdsContext, handle: str) -> str:
+def check_handle(p: PdsContext, handle: str) -> str:
+    """A handle under the server's domain that is valid and free (lower-cased)."""
     handle = handle.lower()
     if not is_valid_handle(handle):
         raise InvalidHandle("Handle is not valid")
@@ -119,7 +174,7 @@ def _check_handle(p: PdsContext, handle: str) -> str:
 async def create_account(ctx: XrpcContext) -> dict[str, Any]:
     p = pds(ctx)
     body = ctx.input
-    handle = _check_handle(p, body["handle"])
+    handle = check_handle(p, body["handle"])
     email = body.get("email")
     if email is not None:
         email = email.strip().lower()
@@ -178,11 +233,16 @@ async def create_account(ctx: XrpcContext) -> dict[str, Any]:
 # -- sessions ---------------------------------------------------------------------------
 
 
-def _new_session(p: PdsContext, did: str, *, app_password: str | None = None) -> dict[str, Any]:
+def _new_session(
+    p: PdsContext, did: str, *, app_password: str | None = None, privileged: bool = False
+) -> dict[str, Any]:
     now = int(time.time())
     secret = p.config.jwt_secret.encode()  # type: ignore[union-attr]
     jti = secrets.token_urlsafe(24)
-    scope = SCOPE_ACCESS if app_password is None else "com.atproto.appPass"
+    if app_password is None:
+        scope = SCOPE_ACCESS
+    else:
+        scope = SCOPE_APP_PASS_PRIVILEGED if privileged else SCOPE_APP_PASS
     access = create_hs256_jwt(
         secret,
         {"scope": scope, "sub": did, "aud": p.service_did, "iat": now,
@@ -200,9 +260,11 @@ def _new_session(p: PdsContext, did: str, *, app_password: str | None = None) ->
             "app_password": app_password}
 
 
-def issue_session(p: PdsContext, did: str, *, app_password: str | None = None) -> dict[str, Any]:
+def issue_session(
+    p: PdsContext, did: str, *, app_password: str | None = None, privileged: bool = False
+) -> dict[str, Any]:
     """Tokens for a new session (the refresh token is stored by the caller's write)."""
-    return _new_session(p, did, app_password=app_password)
+    return _new_session(p, did, app_password=app_password, privileged=privileged)
 
 
 def _store_refresh(w: WriteContext, did: str, session: dict[str, Any]) -> None:
@@ -243,11 +305,22 @@ async def create_session(ctx: XrpcContext) -> dict[str, Any]:
     account = _find_account(p, identifier)
     # always hash once so a missing account costs the same time as a wrong password
     ok = await verify_password_async(password, account.password_hash if account else "")
-    if account is None or not ok:
+    app_password: tuple[str, bool] | None = None
+    if account is not None and not ok and is_app_password_format(password):
+        # app passwords carry 80 random bits: found by their digest (pds.passwords)
+        app_password = p.db.app_password_by_hash(
+            account.did, app_password_digest(account.did, password)
+        )
+    if account is None or not (ok or app_password):
         raise AuthRequired("Invalid identifier or password")
     if account.status == "takendown" and not ctx.input.get("allowTakendown"):
         raise AccountTakedown("Account has been taken down")
-    session = _new_session(p, account.did)
+    if app_password is None:
+        session = _new_session(p, account.did)
+    else:
+        session = _new_session(
+            p, account.did, app_password=app_password[0], privileged=app_password[1]
+        )
     await p.writer.submit(lambda w: _store_refresh(w, account.did, session))
     return _session_output(account, session)
 
@@ -267,7 +340,15 @@ async def refresh_session(ctx: XrpcContext) -> dict[str, Any]:
     if account is None:
         raise AuthRequired("Account not found")
     old = p.db.refresh_token(creds.jti or "")
-    session = _new_session(p, account.did, app_password=old[2] if old else None)
+    app_name = old[2] if old else None
+    privileged = False
+    if app_name is not None:
+        # a session of an app password keeps its scope, and ends with the app password
+        row = p.db.app_password(account.did, app_name)
+        if row is None:
+            raise ExpiredToken("Token has been revoked")
+        privileged = row[1]
+    session = _new_session(p, account.did, app_password=app_name, privileged=privileged)
     now = int(time.time())
 
     def job(w: WriteContext) -> None:
@@ -288,3 +369,46 @@ async def delete_session(ctx: XrpcContext) -> None:
     await p.writer.submit(
         lambda w: w.execute("DELETE FROM refresh_token WHERE id = ?", creds.jti)
     )
+
+
+# -- app passwords ------------------------------------------------------------------------
+
+
+async def create_app_password(ctx: XrpcContext) -> dict[str, Any]:
+    p = pds(ctx)
+    did: str = ctx.auth.did  # type: ignore[assignment]
+    name = ctx.input["name"].strip()
+    if not name or len(name) > MAX_APP_PASSWORD_NAME:
+        raise RoostError(f"App password name must be 1 to {MAX_APP_PASSWORD_NAME} characters")
+    privileged = bool(ctx.input.get("privileged", False))
+    password = generate_app_password()
+    digest = app_password_digest(did, password)
+    created_at = utc_now()
+
+    def job(w: WriteContext) -> None:
+        if w.db.app_password(did, name) is not None:
+            raise RoostError("An app password with this name already exists")
+        _execute(w, [PdsDatabase.insert_app_password_sql(did, name, digest, created_at, privileged)])
+
+    if p.db.app_password(did, name) is not None:
+        raise RoostError("An app password with this name already exists")
+    await p.writer.submit(job)
+    return {"name": name, "password": password, "createdAt": created_at, "privileged": privileged}
+
+
+async def list_app_passwords(ctx: XrpcContext) -> dict[str, Any]:
+    p = pds(ctx)
+    rows = p.db.app_passwords(ctx.auth.did)  # type: ignore[arg-type]
+    return {
+        "passwords": [
+            {"name": name, "createdAt": created_at, "privileged": privileged}
+            for name, created_at, privileged in rows
+        ]
+    }
+
+
+async def revoke_app_password(ctx: XrpcContext) -> None:
+    p = pds(ctx)
+    did: str = ctx.auth.did  # type: ignore[assignment]
+    name = ctx.input["name"].strip()
+    await p.writer.submit(lambda w: _execute(w, PdsDatabase.revoke_app_password_sql(did, name)))
