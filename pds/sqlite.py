@@ -581,6 +581,117 @@ class PdsDatabase(_RepoReads):
     def update_handle_sql(did: str, handle: str) -> Statement:
         return ("UPDATE account SET handle = ? WHERE did = ?", (handle, did))
 
+    # -- admin: invite codes and account moderation ---------------------------------
+
+    def invite_code(self, code: str) -> tuple[str, str, str, int, bool, str] | None:
+        """(code, for_did, created_by, available, disabled, created_at) of a code."""
+        row = self._read.execute(
+            "SELECT code, for_did, created_by, available, disabled, created_at"
+            " FROM invite_code WHERE code = ?",
+            (code,),
+        ).fetchone()
+        return (row[0], row[1], row[2], row[3], bool(row[4]), row[5]) if row else None
+
+    def invite_uses(self, code: str) -> list[tuple[str, str]]:
+        """(used_by, used_at) of every use of ``code``."""
+        return self._read.execute(
+            "SELECT used_by, used_at FROM invite_use WHERE code = ? ORDER BY used_at",
+            (code,),
+        ).fetchall()
+
+    def invite_codes(
+        self, limit: int, cursor: str | None, *, for_did: str | None = None
+    ) -> list[tuple[str, str, str, int, bool, str]]:
+        """Invite codes newest first, after ``cursor`` = ``created_at::code``."""
+        where = "1"
+        params: list[Any] = []
+        if for_did is not None:
+            where += " AND for_did = ?"
+            params.append(for_did)
+        if cursor:
+            after_time, _, after_code = cursor.partition("::")
+            where += " AND (created_at, code) < (?, ?)"
+            params += [after_time, after_code]
+        rows = self._read.execute(
+            "SELECT code, for_did, created_by, available, disabled, created_at FROM invite_code"
+            f" WHERE {where} ORDER BY created_at DESC, code DESC LIMIT ?",
+            (*params, limit),
+        ).fetchall()
+        return [(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in rows]
+
+    def search_accounts(self, query: str | None, limit: int, cursor: str | None) -> list[AccountRow]:
+        """Accounts whose DID, handle or email contains ``query``, by (created_at, did),
+        after ``cursor`` = ``created_at::did``."""
+        after_time, after_did = ("", "")
+        if cursor:
+            after_time, _, after_did = cursor.partition("::")
+        needle = (query or "").lower()
+        rows = self._read.execute(
+            f"SELECT {_ACCOUNT_COLUMNS} FROM account WHERE (created_at, did) > (?1, ?2)"
+            " AND (?3 = '' OR instr(did, ?3) > 0 OR instr(handle, ?3) > 0"
+            " OR instr(COALESCE(email, ''), ?3) > 0)"
+            " ORDER BY created_at, did LIMIT ?4",
+            (after_time, after_did, needle, limit),
+        ).fetchall()
+        return [AccountRow(*row) for row in rows]
+
+    @staticmethod
+    def insert_invite_code_sql(
+        code: str, for_did: str, created_by: str, available: int, created_at: str
+    ) -> Statement:
+        return (
+            "INSERT INTO invite_code (code, for_did, created_by, available, disabled, created_at)"
+            " VALUES (?, ?, ?, ?, 0, ?)",
+            (code, for_did, created_by, available, created_at),
+        )
+
+    @staticmethod
+    def use_invite_code_sql(code: str, did: str, used_at: str) -> Statement:
+        """Record a use; inserts nothing unless the code is enabled with uses left
+        (check the change count, or re-read, to know)."""
+        return (
+            "INSERT INTO invite_use (code, used_by, used_at) SELECT ?1, ?2, ?3"
+            " WHERE EXISTS (SELECT 1 FROM invite_code c WHERE c.code = ?1 AND c.disabled = 0"
+            " AND c.available > (SELECT COUNT(*) FROM invite_use u WHERE u.code = ?1))",
+            (code, did, used_at),
+        )
+
+    @staticmethod
+    def disable_invite_codes_sql(codes: Sequence[str], accounts: Sequence[str]) -> list[Statement]:
+        out: list[Statement] = [
+            ("UPDATE invite_code SET disabled = 1 WHERE code = ?", (code,)) for code in codes
+        ]
+        out += [
+            ("UPDATE invite_code SET disabled = 1 WHERE for_did = ?", (did,)) for did in accounts
+        ]
+        return out
+
+    @staticmethod
+    def set_account_status_sql(did: str, status: str, reason: str | None) -> Statement:
+        return (
+            "UPDATE account SET status = ?, status_reason = ? WHERE did = ?",
+            (status, reason, did),
+        )
+
+    @staticmethod
+    def update_password_sql(did: str, password_hash: str) -> list[Statement]:
+        """A new password ends every session of the account."""
+        return [
+            ("UPDATE account SET password_hash = ? WHERE did = ?", (password_hash, did)),
+            ("DELETE FROM refresh_token WHERE did = ?", (did,)),
+        ]
+
+    @staticmethod
+    def delete_account_sql(did: str) -> list[Statement]:
+        """Every row of the account (its events too: the caller emits the deletion after)."""
+        tables = (
+            "record_blob", "blob", "record", "block", "repo_root", "refresh_token",
+            "app_password", "preference", "event",
+        )
+        out: list[Statement] = [(f"DELETE FROM {t} WHERE did = ?", (did,)) for t in tables]
+        out.append(("DELETE FROM account WHERE did = ?", (did,)))
+        return out
+
     # -- blobs (statements for the writer's transaction) ---------------------------
 
     @staticmethod
@@ -658,6 +769,50 @@ class PdsDatabase(_RepoReads):
             "DELETE FROM blob WHERE did = ?1 AND cid = ?2 AND temp_key = ?3"
             " AND NOT EXISTS (SELECT 1 FROM record_blob WHERE did = ?1 AND blob_cid = ?2)",
             (did, cid.bytes, temp_key),
+        )
+
+    # -- repo import (statements for the writer's transaction) --------------------
+
+    @staticmethod
+    def clear_repo_sql(did: str) -> list[Statement]:
+        """Forget the account's blocks, record index and record blob references
+        (before an imported repo replaces them)."""
+        return [
+            ("DELETE FROM block WHERE did = ?", (did,)),
+            ("DELETE FROM record WHERE did = ?", (did,)),
+            ("DELETE FROM record_blob WHERE did = ?", (did,)),
+        ]
+
+    @staticmethod
+    def put_block_sql(did: str, cid: CID, data: bytes, rev: str) -> Statement:
+        return (
+            "INSERT INTO block (did, cid, data, rev) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (did, cid) DO UPDATE SET rev = excluded.rev",
+            (did, cid.bytes, data, rev),
+        )
+
+    @staticmethod
+    def put_record_sql(did: str, collection: str, rkey: str, cid: CID, rev: str) -> Statement:
+        return (
+            "INSERT OR REPLACE INTO record (did, collection, rkey, cid, rev) VALUES (?, ?, ?, ?, ?)",
+            (did, collection, rkey, cid.bytes, rev),
+        )
+
+    @staticmethod
+    def put_record_blob_sql(did: str, path: str, blob_cid: CID) -> Statement:
+        """The record at ``path`` references the blob (held or not: listMissingBlobs)."""
+        return (
+            "INSERT INTO record_blob (did, blob_cid, path) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            (did, blob_cid.bytes, path),
+        )
+
+    @staticmethod
+    def set_repo_root_sql(did: str, cid: CID, rev: str, data: CID) -> Statement:
+        return (
+            "INSERT INTO repo_root (did, cid, rev, data) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (did) DO UPDATE SET cid = excluded.cid, rev = excluded.rev,"
+            " data = excluded.data",
+            (did, cid.bytes, rev, data.bytes),
         )
 
     def snapshot(self) -> ReadSnapshot:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from roost import __version__
 
@@ -219,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow outbound requests to loopback/private addresses (a local network)",
     )
     pds_serve.set_defaults(handler=_pds_serve)
+    _add_pds_admin(pds_sub)
 
     for name, text in (
         ("relay", "a relay"),
@@ -262,6 +263,146 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.set_defaults(handler=_unavailable(f"account {action}"))
 
     return parser
+
+
+# -- roost pds admin: the admin API over HTTP ------------------------------------------
+
+
+def _add_pds_admin(pds_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    admin = pds_sub.add_parser("admin", help="administer a running PDS (admin API)")
+    admin.add_argument(
+        "--url", default="http://127.0.0.1:2583", help="the PDS (default %(default)s)"
+    )
+    admin.add_argument(
+        "--admin-password", help="admin password (default: $ROOST_ADMIN_PASSWORD)"
+    )
+    sub = admin.add_subparsers(dest="admin_action", metavar="ACTION", required=True)
+    accounts = sub.add_parser("accounts", help="list accounts (DID, handle, status)")
+    accounts.add_argument("--query", help="only accounts whose DID, handle or email contains this")
+    accounts.add_argument("--limit", type=int, default=100)
+    accounts.set_defaults(handler=_admin_accounts)
+    approve = sub.add_parser("approve", help="approve a pending application")
+    approve.add_argument("did")
+    approve.set_defaults(handler=_admin_approve)
+    reject = sub.add_parser("reject", help="reject a pending application")
+    reject.add_argument("did")
+    reject.add_argument("--reason", required=True, help="shown to the applicant")
+    reject.set_defaults(handler=_admin_reject)
+    takedown = sub.add_parser("takedown", help="take an account down")
+    takedown.add_argument("did")
+    takedown.add_argument("--reason", required=True)
+    takedown.set_defaults(handler=_admin_takedown)
+    untakedown = sub.add_parser("untakedown", help="restore a taken-down account")
+    untakedown.add_argument("did")
+    untakedown.set_defaults(handler=_admin_untakedown)
+    invite = sub.add_parser("invite", help="create an invite code")
+    invite.add_argument("--uses", type=int, default=1, help="how many sign-ups it allows")
+    invite.set_defaults(handler=_admin_invite)
+
+
+class _AdminCallError(Exception):
+    pass
+
+
+def _admin_call(
+    args: argparse.Namespace, nsid: str, *, params: dict[str, object] | None = None,
+    body: dict[str, object] | None = None,
+) -> dict[str, object]:
+    import os
+
+    import httpx
+
+    password = args.admin_password or os.environ.get("ROOST_ADMIN_PASSWORD")
+    if not password:
+        raise _AdminCallError("no admin password: pass --admin-password or set ROOST_ADMIN_PASSWORD")
+    url = f"{args.url.rstrip('/')}/xrpc/{nsid}"
+    try:
+        with httpx.Client(timeout=30, auth=("admin", password)) as http:
+            if body is None:
+                response = http.get(url, params=params)  # type: ignore[arg-type]
+            else:
+                response = http.post(url, json=body)
+    except httpx.HTTPError as exc:
+        raise _AdminCallError(f"cannot reach {args.url}: {exc}") from None
+    if response.status_code == 401:
+        raise _AdminCallError("admin authentication failed (wrong password?)")
+    try:
+        data = response.json() if response.content else {}
+    except ValueError:
+        data = {}
+    if not response.is_success:
+        error = data.get("error", f"HTTP {response.status_code}") if isinstance(data, dict) else ""
+        message = data.get("message", "") if isinstance(data, dict) else ""
+        raise _AdminCallError(f"{error}: {message}".rstrip(": "))
+    return data if isinstance(data, dict) else {}
+
+
+def _admin_command(run: Callable[[argparse.Namespace], None]) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        try:
+            run(args)
+        except _AdminCallError as exc:
+            print(f"roost pds admin {args.admin_action}: {exc}", file=sys.stderr)
+            return 1
+        return 0
+
+    return handler
+
+
+def _repo_ref(did: str) -> dict[str, object]:
+    return {"$type": "com.atproto.admin.defs#repoRef", "did": did}
+
+
+@_admin_command
+def _admin_accounts(args: argparse.Namespace) -> None:
+    params: dict[str, object] = {"limit": max(1, min(args.limit, 100))}
+    if args.query:
+        params["email"] = args.query
+    out = _admin_call(args, "com.atproto.admin.searchAccounts", params=params)
+    accounts: list[dict[str, Any]] = out.get("accounts") or []  # type: ignore[assignment]
+    for account in accounts:
+        line = f"{account['did']}  {account['handle']}  {account.get('roostStatus', '?')}"
+        if account.get("roostStatusReason"):
+            line += f"  ({account['roostStatusReason']})"
+        print(line)
+        for item in account.get("roostApplication") or []:
+            print(f"    Q: {item['question']}\n    A: {item['answer']}")
+
+
+@_admin_command
+def _admin_approve(args: argparse.Namespace) -> None:
+    _admin_call(args, "com.atproto.admin.updateSubjectStatus",
+                body={"subject": _repo_ref(args.did), "deactivated": {"applied": False}})
+    print(f"approved {args.did}")
+
+
+@_admin_command
+def _admin_reject(args: argparse.Namespace) -> None:
+    _admin_call(args, "com.atproto.admin.updateSubjectStatus", body={
+        "subject": _repo_ref(args.did), "deactivated": {"applied": True, "ref": args.reason}})
+    print(f"rejected {args.did}")
+
+
+@_admin_command
+def _admin_takedown(args: argparse.Namespace) -> None:
+    _admin_call(args, "com.atproto.admin.updateSubjectStatus", body={
+        "subject": _repo_ref(args.did), "takedown": {"applied": True, "ref": args.reason}})
+    print(f"took down {args.did}")
+
+
+@_admin_command
+def _admin_untakedown(args: argparse.Namespace) -> None:
+    _admin_call(args, "com.atproto.admin.updateSubjectStatus",
+                body={"subject": _repo_ref(args.did), "takedown": {"applied": False}})
+    print(f"restored {args.did}")
+
+
+@_admin_command
+def _admin_invite(args: argparse.Namespace) -> None:
+    if args.uses < 1:
+        raise _AdminCallError("--uses must be at least 1")
+    out = _admin_call(args, "com.atproto.server.createInviteCode", body={"useCount": args.uses})
+    print(out["code"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from typing import Any
@@ -63,6 +64,8 @@ MIN_HANDLE_LABEL = 3
 MAX_HANDLE_LABEL = 18
 #: Longest app password name accepted.
 MAX_APP_PASSWORD_NAME = 100
+#: Longest application (all answers together).
+MAX_APPLICATION_CHARS = 10_000
 
 
 def register(router: XrpcRouter) -> None:
@@ -80,6 +83,10 @@ def register(router: XrpcRouter) -> None:
     )
     router.query("com.atproto.server.listAppPasswords", auth=ACCESS)(list_app_passwords)
     router.procedure("com.atproto.server.revokeAppPassword", auth=ACCESS)(revoke_app_password)
+
+    from pds.api import admin  # noqa: PLC0415 (admin imports this module)
+
+    admin.register(router)
 
 
 class _Lazy:
@@ -144,9 +151,52 @@ async def describe_server(ctx: XrpcContext) -> dict[str, Any]:
         links["privacyPolicy"] = config.privacy_url
     if config.terms_url:
         links["termsOfService"] = config.terms_url
+    if config.rules_url:
+        links["rules"] = config.rules_url  # roost: the server's rules (open object)
     if config.contact_email:
         out["contact"] = {"email": config.contact_email}
+    if config.signup_mode == "application":
+        # roost extension: how to apply (answers go in createAccount's
+        # ``roostApplication: {"answers": [...]}``, one per question, in order)
+        out["roostApplication"] = {"questions": list(config.application_questions)}
+        if config.rules_url:
+            out["roostApplication"]["rulesUrl"] = config.rules_url
     return out
+
+
+def _application_answers(p: PdsContext, body: dict[str, Any]) -> str | None:
+    """The applicant's answers as stored JSON (application mode), else None."""
+    if p.config.signup_mode != "application":
+        return None
+    questions = p.config.application_questions
+    raw = body.get("roostApplication")
+    answers: Any = raw.get("answers") if isinstance(raw, dict) else None
+    if answers is None:
+        answers = []
+    if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+        raise RoostError("roostApplication.answers must be a list of strings")
+    if len(answers) != len(questions) or any(not a.strip() for a in answers):
+        raise RoostError(f"This server requires an application: answer all {len(questions)} questions")
+    if sum(len(a) for a in answers) > MAX_APPLICATION_CHARS:
+        raise RoostError(f"Application answers are limited to {MAX_APPLICATION_CHARS} characters")
+    return json.dumps(
+        [{"question": q, "answer": a.strip()} for q, a in zip(questions, answers)]
+    )
+
+
+def _invite_uses_pending(w: WriteContext, code: str) -> int:
+    """Uses of ``code`` recorded by jobs earlier in this write batch."""
+    sql = PdsDatabase.use_invite_code_sql(code, "", "")[0]
+    return sum(1 for s, params in w.statements if s == sql and params[0] == code)
+
+
+def check_invite_code(db: PdsDatabase, code: str, pending_uses: int = 0) -> None:
+    """``InvalidInviteCode`` unless ``code`` exists, is enabled and has uses left."""
+    row = db.invite_code(code)
+    if row is None or row[4]:
+        raise InvalidInviteCode("Provided invite code not available")
+    if len(db.invite_uses(code)) + pending_uses >= row[3]:
+        raise InvalidInviteCode("Provided invite code not available")
 
 
 # -- createAccount ----------------------------------------------------------------------
@@ -185,8 +235,14 @@ async def create_account(ctx: XrpcContext) -> dict[str, Any]:
     password = body.get("password")
     if not password:
         raise RoostError("Password is required")
-    if p.config.signup_mode == "invite" and not body.get("inviteCode"):
-        raise InvalidInviteCode("An invite code is required")
+    invite_code: str | None = None
+    if p.config.signup_mode == "invite":
+        invite_code = (body.get("inviteCode") or "").strip()
+        if not invite_code:
+            raise InvalidInviteCode("An invite code is required")
+        check_invite_code(p.db, invite_code)
+    application = _application_answers(p, body)
+    status = "pending" if application is not None else "active"
     recovery = body.get("recoveryKey")
     rotation_keys: list[Any] = []
     if recovery is not None:
@@ -210,24 +266,41 @@ async def create_account(ctx: XrpcContext) -> dict[str, Any]:
     def job(w: WriteContext) -> None:
         if w.db.account_by_handle(handle) is not None:
             raise HandleNotAvailable("Handle already taken")
+        now = utc_now()
+        if invite_code is not None:
+            # checked again here: the writer runs one job at a time (atomic use)
+            check_invite_code(w.db, invite_code, _invite_uses_pending(w, invite_code))
+            _execute(w, [PdsDatabase.use_invite_code_sql(invite_code, did, now)])
         w.execute(
             "INSERT INTO account (did, handle, email, password_hash, signing_key, created_at,"
-            " status) VALUES (?, ?, ?, ?, ?, ?, 'active')",
-            did, handle, email, password_hash, signing_key.to_hex(), utc_now(),
+            " status, application, invite_code) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            did, handle, email, password_hash, signing_key.to_hex(), now, status,
+            application, invite_code,
         )
         _store_refresh(w, did, session)
         w.event(did, "#identity", {"did": did, "handle": handle})
-        w.event(did, "#account", {"did": did, "active": True})
-        w.create_repo(did, signing_key)
-        w.sync_event(did)
+        if status == "active":
+            w.event(did, "#account", {"did": did, "active": True})
+            w.create_repo(did, signing_key)
+            w.sync_event(did)
+        else:
+            # a pending application: inactive, so no #commit goes out (event-stream §6);
+            # approval emits #account, #identity and #sync
+            w.event(did, "#account", {"did": did, "active": False, "status": "deactivated"})
+            mark = len(w.events)
+            w.create_repo(did, signing_key)
+            del w.events[mark:]
 
     await p.writer.submit(job)
-    return {
+    out: dict[str, Any] = {
         "did": did,
         "handle": handle,
         "accessJwt": session["access"],
         "refreshJwt": session["refresh"],
     }
+    if status != "active":
+        out["roostStatus"] = status  # roost extension: the application awaits review
+    return out
 
 
 # -- sessions ---------------------------------------------------------------------------
@@ -286,6 +359,8 @@ def _session_output(account: AccountRow, session: dict[str, Any] | None) -> dict
     out["active"] = account.active
     if not account.active:
         out["status"] = account.status
+        if account.status_reason and account.status == "rejected":
+            out["roostStatusReason"] = account.status_reason  # roost: why it was refused
     return out
 
 
