@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
@@ -27,10 +28,11 @@ from roost.netguard import GuardedTransport, OutboundPolicy
 from roost.plc import PlcClient
 from roost.xrpc import XrpcContext, XrpcRouter
 
-from pds.api import actor, identity, repo, server, sync
+from pds.api import actor, identity, importer, repo, server, sync
 from pds.blobstore import DiskBlobStore
 from pds.config import PdsConfig
 from pds.context import PdsContext
+from pds.proxy import ProxyHeaderMiddleware, proxy_fallback
 from pds.sequencer import Sequencer
 from pds.sqlite import PdsDatabase
 from pds.writer import Writer
@@ -117,12 +119,15 @@ def create_app(config: PdsConfig, *, catalog: Catalog | None = None) -> Starlett
     """A PDS app for ``config`` (secrets are loaded or created in its data dir)."""
     config = config.with_secrets()
     catalog = catalog or Catalog.load()
-    router = XrpcRouter(catalog, version=config.version, debug=config.debug)
+    router = XrpcRouter(
+        catalog, version=config.version, debug=config.debug, fallback=proxy_fallback
+    )
     server.register(router)
     repo.register(router)
     sync.register(router)
     identity.register(router)
     actor.register(router)
+    importer.register(router)
 
     @router.subscription("com.atproto.sync.subscribeRepos")
     async def subscribe_repos(ctx: XrpcContext) -> AsyncIterator[bytes]:
@@ -200,4 +205,6 @@ def create_app(config: PdsConfig, *, catalog: Catalog | None = None) -> Starlett
         Route("/.well-known/atproto-did", atproto_did),
         *router.routes,
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(
+        routes=routes, lifespan=lifespan, middleware=[Middleware(ProxyHeaderMiddleware)]
+    )

@@ -56,6 +56,9 @@ class PdsConfig:
     contact_email: str | None = None
     #: Outbound requests may target loopback/private addresses (a local network).
     allow_local: bool = False
+    #: Default AppView for ``app.bsky.*`` / ``chat.bsky.*`` calls the PDS proxies.
+    appview_url: str | None = None
+    appview_did: str | None = None
     max_blob_bytes: int = 50 * 1024 * 1024
     #: How long the firehose can be replayed from a cursor.
     replay_window_s: float = 72 * 3600
@@ -69,6 +72,8 @@ class PdsConfig:
             raise ValueError(f"signup_mode must be one of {', '.join(SIGNUP_MODES)}")
         if not is_valid_handle(self.hostname) and self.hostname != "localhost":
             raise ValueError(f"hostname {self.hostname!r} is not a valid host name")
+        if (self.appview_url is None) != (self.appview_did is None):
+            raise ValueError("appview_url and appview_did must be set together")
         if self.port < 0 or self.max_blob_bytes <= 0:
             raise ValueError("port and max_blob_bytes must be positive")
 
