@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from roost import __version__
+from roost import config as roost_config
 from roost.crypto import PrivateKey
 from roost.syntax import is_valid_handle
 
 __all__ = ["PdsConfig", "SIGNUP_MODES"]
 
-_ENV_PREFIX = "ROOST_"
 #: How people may join: anyone, with an invite code, or by an application an admin approves.
 SIGNUP_MODES = ("open", "invite", "application")
 
@@ -105,17 +105,7 @@ class PdsConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> PdsConfig:
         """Build from ``ROOST_<FIELD>`` variables; non-None ``overrides`` win."""
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name == "version":
-                continue
-            raw = env.get(_ENV_PREFIX + f.name.upper())
-            if raw is None or raw == "":
-                continue
-            values[f.name] = _convert(f.name, raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        return roost_config.from_env(cls, env, _convert, overrides)  # type: ignore[no-any-return]
 
     def with_secrets(self) -> PdsConfig:
         """Fill the JWT secret and rotation key from ``secrets.json``, creating it once."""
@@ -173,7 +163,7 @@ def _convert(name: str, raw: str) -> Any:
         if name in _FLOATS:
             return float(raw)
     except ValueError:
-        raise ValueError(f"{_ENV_PREFIX}{name.upper()} must be a number, got {raw!r}") from None
+        raise ValueError(f"{roost_config.ENV_PREFIX}{name.upper()} must be a number, got {raw!r}") from None
     if name in _BOOLS:
         return raw.strip().lower() in ("1", "true", "yes", "on")
     if name in _TUPLES:

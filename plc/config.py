@@ -23,18 +23,17 @@ variable                     meaning (default)
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from roost import __version__
+from roost import config as roost_config
 from roost.plc import OpRateLimits
 
 __all__ = ["PlcConfig"]
 
-_ENV_PREFIX = "ROOST_"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,17 +83,7 @@ class PlcConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> PlcConfig:
         """Build from ``ROOST_<FIELD>`` variables; non-None ``overrides`` win."""
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name == "version":
-                continue
-            raw = env.get(_ENV_PREFIX + f.name.upper())
-            if raw is None or raw == "":
-                continue
-            values[f.name] = _convert(f.name, raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        return roost_config.from_env(cls, env, _convert, overrides)  # type: ignore[no-any-return]
 
     def with_overrides(self, **overrides: Any) -> PlcConfig:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
@@ -107,7 +96,7 @@ def _convert(name: str, raw: str) -> Any:
         if name in ("poll_interval", "ip_rate_window"):
             return float(raw)
     except ValueError:
-        raise ValueError(f"{_ENV_PREFIX}{name.upper()} must be a number, got {raw!r}") from None
+        raise ValueError(f"{roost_config.ENV_PREFIX}{name.upper()} must be a number, got {raw!r}") from None
     if name in ("data_dir", "database"):
         return Path(raw)
     return raw

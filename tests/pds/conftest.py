@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
 
 from plc.app import create_app as create_plc_app
 from plc.config import PlcConfig
@@ -45,7 +46,13 @@ class Network:
         return {"Authorization": f"Bearer {session['accessJwt']}"}
 
 
-def start_network(tmp: Path) -> tuple[Network, list[ServerThread]]:
+def start_network(
+    tmp: Path, *, customize: Callable[[Starlette], None] | None = None, **overrides: Any
+) -> tuple[Network, list[ServerThread]]:
+    """A PLC directory and a PDS on loopback; ``overrides`` change PdsConfig fields.
+
+    ``customize`` may add routes to the PDS app before it starts (test hooks).
+    """
     plc = ServerThread(create_plc_app(PlcConfig(data_dir=tmp / "plc")))
     plc_url = plc.start()
     port = free_port()
@@ -58,7 +65,11 @@ def start_network(tmp: Path) -> tuple[Network, list[ServerThread]]:
         admin_password="admin-secret",
         debug=True,
     )
-    pds = ServerThread(create_pds_app(config), port=port)
+    config = replace(config, **overrides)
+    app = create_pds_app(config)
+    if customize is not None:
+        customize(app)
+    pds = ServerThread(app, port=port)
     pds_url = pds.start()
     return Network(plc_url, pds_url, config, httpx.Client(timeout=30)), [pds, plc]
 

@@ -14,19 +14,16 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pds.api.repo import collect_blob_garbage
-from pds.app import create_app as create_pds_app
 from pds.blobstore import account_dirname
-from pds.config import PdsConfig
-from plc.app import create_app as create_plc_app
-from plc.config import PlcConfig
 from roost.cid import CID
-from tests.pds.conftest import Network
-from tests.servers import ServerThread, free_port
+from tests.pds.conftest import Network, start_network
+from tests.servers import ServerThread
 
 POST = "app.bsky.feed.post"
 PROFILE = "app.bsky.actor.profile"
@@ -64,26 +61,13 @@ async def _gc_route(request: Request) -> Response:
     return JSONResponse(stats)
 
 
-def start_blob_network(tmp: Path) -> tuple[Network, list[ServerThread]]:
-    plc = ServerThread(create_plc_app(PlcConfig(data_dir=tmp / "plc")))
-    plc_url = plc.start()
-    port = free_port()
-    config = PdsConfig(
-        port=port,
-        data_dir=tmp / "pds",
-        hostname="pds.test",
-        plc_url=plc_url,
-        allow_local=True,
-        admin_password="admin-secret",
-        max_blob_bytes=MAX_BLOB,
-        debug=True,
-    )
-    app = create_pds_app(config)
+def _add_gc_route(app: Starlette) -> None:
     # test hook: run a clean-up pass in the server's loop (the admin API's job)
     app.router.routes.insert(0, Route("/test/blob-gc", _gc_route, methods=["POST"]))
-    pds = ServerThread(app, port=port)
-    pds_url = pds.start()
-    return Network(plc_url, pds_url, config, httpx.Client(timeout=30)), [pds, plc]
+
+
+def start_blob_network(tmp: Path) -> tuple[Network, list[ServerThread]]:
+    return start_network(tmp, customize=_add_gc_route, max_blob_bytes=MAX_BLOB)
 
 
 @pytest.fixture

@@ -3,46 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from pds.app import create_app as create_pds_app
-from pds.config import PdsConfig
-from plc.app import create_app as create_plc_app
-from plc.config import PlcConfig
-from tests.pds.conftest import PASSWORD, Network
-from tests.servers import ServerThread, free_port
+from tests.pds.conftest import PASSWORD, Network, start_network
 
 ADMIN = ("admin", "admin-secret")
 QUESTIONS = ("Why do you want to join?", "Have you read the rules?")
 
 
-def start_network_with(tmp: Path, **overrides: Any) -> tuple[Network, list[ServerThread]]:
-    """Like ``conftest.start_network``, with some PdsConfig fields changed."""
-    plc = ServerThread(create_plc_app(PlcConfig(data_dir=tmp / "plc")))
-    plc_url = plc.start()
-    port = free_port()
-    config = PdsConfig(
-        port=port,
-        data_dir=tmp / "pds",
-        hostname="pds.test",
-        plc_url=plc_url,
-        allow_local=True,
-        admin_password="admin-secret",
-        debug=True,
-    )
-    config = replace(config, **overrides)
-    pds = ServerThread(create_pds_app(config), port=port)
-    pds_url = pds.start()
-    return Network(plc_url, pds_url, config, httpx.Client(timeout=30)), [pds, plc]
-
-
 def _network(tmp: Path, **overrides: Any) -> Iterator[Network]:
-    net, servers = start_network_with(tmp, **overrides)
+    net, servers = start_network(tmp, **overrides)
     try:
         yield net
     finally:
