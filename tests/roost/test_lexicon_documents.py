@@ -431,8 +431,8 @@ BROKEN = [
     (
         "post-reply-bad-cid",
         post,
-        lambda r: r["reply"]["root"].update(cid="nope"),
-        "record/reply/root/cid",
+        lambda r: r["reply"]["parent"].update(cid="nope"),
+        "record/reply/parent/cid",
     ),
     ("post-reply-no-parent", post, lambda r: r["reply"].pop("parent"), "record/reply"),
     (
