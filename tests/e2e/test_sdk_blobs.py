@@ -16,7 +16,7 @@ from atproto import Client, models  # noqa: E402
 from atproto_client.exceptions import BadRequestError  # noqa: E402
 
 from roost.cid import CID  # noqa: E402
-from tests.pds.conftest import PASSWORD, Network, start_network  # noqa: E402
+from tests.pds.conftest import PASSWORD, Network, running_network  # noqa: E402
 
 # the SDK hands httpx its upload as ``data=<bytes>``, which httpx deprecates
 pytestmark = pytest.mark.filterwarnings(
@@ -48,13 +48,8 @@ def tiny_png(width: int = 3, height: int = 2) -> bytes:
 
 @pytest.fixture
 def net(tmp_path: Path) -> Iterator[Network]:
-    network, servers = start_network(tmp_path)
-    try:
+    with running_network(tmp_path) as network:
         yield network
-    finally:
-        network.http.close()
-        for server in servers:
-            server.stop()
 
 
 @pytest.fixture

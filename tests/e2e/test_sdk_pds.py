@@ -22,18 +22,13 @@ from atproto import CAR, Client, FirehoseSubscribeReposClient, models, parse_sub
 from roost.cid import CID  # noqa: E402
 from roost.identity import DidDocument  # noqa: E402
 from roost.repo import RepoOp, verify_car, verify_commit_event  # noqa: E402
-from tests.pds.conftest import PASSWORD, Network, start_network  # noqa: E402
+from tests.pds.conftest import PASSWORD, Network, running_network  # noqa: E402
 
 
 @pytest.fixture
 def net(tmp_path: Path) -> Iterator[Network]:
-    network, servers = start_network(tmp_path)
-    try:
+    with running_network(tmp_path) as network:
         yield network
-    finally:
-        network.http.close()
-        for server in servers:
-            server.stop()
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -74,12 +75,19 @@ def start_network(
     return Network(plc_url, pds_url, config, httpx.Client(timeout=30)), [pds, plc]
 
 
-@pytest.fixture
-def network(tmp_path: Path) -> Iterator[Network]:
-    net, servers = start_network(tmp_path)
+@contextmanager
+def running_network(tmp: Path, **options: Any) -> Iterator[Network]:
+    """``start_network`` as a context manager: everything is stopped afterwards."""
+    net, servers = start_network(tmp, **options)
     try:
         yield net
     finally:
         net.http.close()
         for server in servers:
             server.stop()
+
+
+@pytest.fixture
+def network(tmp_path: Path) -> Iterator[Network]:
+    with running_network(tmp_path) as net:
+        yield net

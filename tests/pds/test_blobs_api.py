@@ -22,8 +22,7 @@ from starlette.routing import Route
 from pds.api.repo import collect_blob_garbage
 from pds.blobstore import account_dirname
 from roost.cid import CID
-from tests.pds.conftest import Network, start_network
-from tests.servers import ServerThread
+from tests.pds.conftest import Network, running_network
 
 POST = "app.bsky.feed.post"
 PROFILE = "app.bsky.actor.profile"
@@ -66,19 +65,10 @@ def _add_gc_route(app: Starlette) -> None:
     app.router.routes.insert(0, Route("/test/blob-gc", _gc_route, methods=["POST"]))
 
 
-def start_blob_network(tmp: Path) -> tuple[Network, list[ServerThread]]:
-    return start_network(tmp, customize=_add_gc_route, max_blob_bytes=MAX_BLOB)
-
-
 @pytest.fixture
 def net(tmp_path: Path) -> Iterator[Network]:
-    network, servers = start_blob_network(tmp_path)
-    try:
+    with running_network(tmp_path, customize=_add_gc_route, max_blob_bytes=MAX_BLOB) as network:
         yield network
-    finally:
-        network.http.close()
-        for server in servers:
-            server.stop()
 
 
 @pytest.fixture

@@ -9,35 +9,27 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.pds.conftest import PASSWORD, Network, start_network
+from tests.pds.conftest import PASSWORD, Network, running_network
 
 ADMIN = ("admin", "admin-secret")
 QUESTIONS = ("Why do you want to join?", "Have you read the rules?")
 
 
-def _network(tmp: Path, **overrides: Any) -> Iterator[Network]:
-    net, servers = start_network(tmp, **overrides)
-    try:
-        yield net
-    finally:
-        net.http.close()
-        for server in servers:
-            server.stop()
-
-
 @pytest.fixture
 def invite_network(tmp_path: Path) -> Iterator[Network]:
-    yield from _network(tmp_path, signup_mode="invite")
+    with running_network(tmp_path, signup_mode="invite") as net:
+        yield net
 
 
 @pytest.fixture
 def application_network(tmp_path: Path) -> Iterator[Network]:
-    yield from _network(
+    with running_network(
         tmp_path,
         signup_mode="application",
         application_questions=QUESTIONS,
         rules_url="https://pds.test/rules",
-    )
+    ) as net:
+        yield net
 
 
 def _signup(net: Network, name: str, **extra: Any) -> httpx.Response:
