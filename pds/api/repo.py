@@ -516,6 +516,18 @@ def _swap_failed(path: str, current: CID | None) -> InvalidSwap:
 # -- createRecord / putRecord / deleteRecord --------------------------------------------
 
 
+def _written(account: Any, collection: str, rkey: str, record: Any, data: Any) -> dict[str, Any]:
+    """The output of createRecord/putRecord for the record just written."""
+    out: dict[str, Any] = {
+        "uri": _uri(account.did, collection, rkey),
+        "cid": str(record.cid),
+        **_commit_meta(data),
+    }
+    if record.validation_status is not None:
+        out["validationStatus"] = record.validation_status
+    return out
+
+
 async def create_record(ctx: XrpcContext) -> dict[str, Any]:
     p = pds(ctx)
     body = ctx.input
@@ -532,14 +544,7 @@ async def create_record(ctx: XrpcContext) -> dict[str, Any]:
         lambda repo: [Write.create(collection, rkey, record.value)],
         {f"{collection}/{rkey}": record.blobs},
     )
-    out: dict[str, Any] = {
-        "uri": _uri(account.did, collection, rkey),
-        "cid": str(record.cid),
-        **_commit_meta(data),
-    }
-    if record.validation_status is not None:
-        out["validationStatus"] = record.validation_status
-    return out
+    return _written(account, collection, rkey, record, data)
 
 
 async def put_record(ctx: XrpcContext) -> dict[str, Any]:
@@ -565,14 +570,7 @@ async def put_record(ctx: XrpcContext) -> dict[str, Any]:
         return [Write.update(collection, rkey, record.value)]
 
     data = await _write(p, account, swap_commit, build, {path: record.blobs})
-    out: dict[str, Any] = {
-        "uri": _uri(account.did, collection, rkey),
-        "cid": str(record.cid),
-        **_commit_meta(data),
-    }
-    if record.validation_status is not None:
-        out["validationStatus"] = record.validation_status
-    return out
+    return _written(account, collection, rkey, record, data)
 
 
 async def delete_record(ctx: XrpcContext) -> dict[str, Any]:
