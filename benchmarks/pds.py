@@ -23,10 +23,9 @@ Server CPU per request (from ``/proc/<pid>/stat``) is printed alongside the
 throughput figures, to tell a CPU-bound server from a waiting one.
 
 Rate limits are off on both sides for a fair throughput comparison: the
-reference runs with ``PDS_RATE_LIMITS_ENABLED=false``; roost's PDS is served
-by this script (``--serve-roost``, which mirrors ``roost pds serve``) with
-loopback in its XRPC router's rate-limit bypass list, because ``PdsConfig``
-has no switch for that yet. The reference runs with dev mode off (dev mode
+reference runs with ``PDS_RATE_LIMITS_ENABLED=false``; roost's PDS runs as
+``roost pds serve`` with ``ROOST_RATE_LIMIT_BYPASS_IPS`` set to loopback. The
+reference runs with dev mode off (dev mode
 validates every response), handles under ``pds.test``, bound to 127.0.0.1.
 
     python benchmarks/pds.py [--quick] [--skip-reference] [--json FILE]
@@ -238,29 +237,6 @@ class Children:
 # -- the roost PDS child ---------------------------------------------------------------------------
 
 
-def serve_roost() -> int:
-    """Child process: ``roost pds serve`` from ``ROOST_*`` env, with rate limits off."""
-    from pds.app import create_app
-    from pds.config import PdsConfig
-    from roost.server import run
-    from roost.xrpc import XrpcRouter
-
-    config = PdsConfig.from_env()
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    app = create_app(config)
-    routers = [
-        router
-        for route in app.routes
-        if isinstance(router := getattr(route, "router", None), XrpcRouter)
-    ]
-    if not routers:
-        print("serve_roost: no XRPC router found; rate limits stay on", file=sys.stderr)
-    for router in routers:  # the counterpart of PDS_RATE_LIMITS_ENABLED=false
-        router.rate_limit_bypass_ips = frozenset({"127.0.0.1", "::1"})
-    run(app, config.host, config.port, name="pds")
-    return 0
-
-
 def start_plc(children: Children) -> Child:
     env = dict(os.environ)
     env.update(
@@ -280,9 +256,12 @@ def start_roost_pds(children: Children, plc_url: str) -> Child:
         ROOST_PLC_URL=plc_url,
         ROOST_ALLOW_LOCAL="1",
         ROOST_PORT="0",
+        # the counterpart of the reference's PDS_RATE_LIMITS_ENABLED=false
+        ROOST_RATE_LIMIT_BYPASS_IPS="127.0.0.1,::1",
         PYTHONPATH=str(REPO_ROOT),
     )
-    return children.start("roost-pds", [sys.executable, __file__, "--serve-roost"], env)
+    cmd = [sys.executable, "-m", "roost.cli", "pds", "serve", "--port", "0"]
+    return children.start("roost-pds", cmd, env)
 
 
 # -- the reference PDS -----------------------------------------------------------------------------
@@ -1049,10 +1028,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip-reference", action="store_true", help="measure roost only")
     parser.add_argument("--json", metavar="FILE", help="also write every figure to FILE")
     parser.add_argument("--keep-data", action="store_true", help="keep the temp data dir")
-    parser.add_argument("--serve-roost", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.serve_roost:
-        return serve_roost()
 
     plan = QUICK if args.quick else FULL
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it

@@ -120,7 +120,11 @@ def create_app(config: PdsConfig, *, catalog: Catalog | None = None) -> Starlett
     config = config.with_secrets()
     catalog = catalog or Catalog.load()
     router = XrpcRouter(
-        catalog, version=config.version, debug=config.debug, fallback=proxy_fallback
+        catalog,
+        version=config.version,
+        debug=config.debug,
+        fallback=proxy_fallback,
+        rate_limit_bypass_ips=config.rate_limit_bypass_ips,
     )
     server.register(router)
     repo.register(router)

@@ -60,6 +60,8 @@ class PdsConfig:
     appview_url: str | None = None
     appview_did: str | None = None
     max_blob_bytes: int = 50 * 1024 * 1024
+    #: Client addresses exempt from rate limits (load tests, a trusted proxy).
+    rate_limit_bypass_ips: tuple[str, ...] = ()
     #: How long the firehose can be replayed from a cursor.
     replay_window_s: float = 72 * 3600
     debug: bool = False
@@ -153,7 +155,7 @@ _SECRETS = {"admin_password", "jwt_secret", "rotation_key_hex"}
 _INTS = {"port", "max_blob_bytes"}
 _FLOATS = {"replay_window_s"}
 _BOOLS = {"allow_local", "debug"}
-_TUPLES = {"relay_urls", "application_questions"}
+_TUPLES = {"relay_urls", "application_questions", "rate_limit_bypass_ips"}
 
 
 def _convert(name: str, raw: str) -> Any:

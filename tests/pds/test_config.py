@@ -18,11 +18,13 @@ def test_from_env_and_overrides(tmp_path: Path) -> None:
         "ROOST_ALLOW_LOCAL": "yes",
         "ROOST_APPLICATION_QUESTIONS": "Your employee number?|Your team?",
         "ROOST_DATA_DIR": str(tmp_path),
+        "ROOST_RATE_LIMIT_BYPASS_IPS": "127.0.0.1,::1",
     }
     config = PdsConfig.from_env(env, port=5000)
     assert config.hostname == "roost.example" and config.port == 5000
     assert config.relay_urls == ("http://a.test", "http://b.test")
     assert config.allow_local is True
+    assert config.rate_limit_bypass_ips == ("127.0.0.1", "::1")
     assert config.application_questions == ("Your employee number?", "Your team?")
     assert config.service_did == "did:web:roost.example"
     assert config.handle_domain == ".roost.example"
