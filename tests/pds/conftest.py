@@ -10,15 +10,51 @@ from typing import Any
 
 import httpx
 import pytest
+import websockets.sync.client
 from starlette.applications import Starlette
 
 from plc.app import create_app as create_plc_app
 from plc.config import PlcConfig
 from pds.app import create_app as create_pds_app
 from pds.config import PdsConfig
+from roost.frames import decode_frame
 from tests.servers import ServerThread, free_port
 
 PASSWORD = "correct horse battery staple"
+
+
+def ok(response: httpx.Response) -> dict[str, Any]:
+    """Assert a 200 and return the JSON body (empty dict without one)."""
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json() if response.content else {}
+    return body
+
+
+def error(response: httpx.Response, status: int, name: str) -> str:
+    """Assert an XRPC error with this status and name; return its message."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] == name, body
+    return body.get("message", "")  # type: ignore[no-any-return]
+
+
+def firehose_events(pds_url: str, message_type: str, *, idle_s: float = 1.0) -> list[dict[str, Any]]:
+    """Bodies of every ``message_type`` frame (e.g. ``"#sync"``) replayed from cursor 0.
+
+    Reads until the stream has been quiet for ``idle_s``.
+    """
+    url = pds_url.replace("http://", "ws://") + "/xrpc/com.atproto.sync.subscribeRepos?cursor=0"
+    events: list[dict[str, Any]] = []
+    with websockets.sync.client.connect(url) as ws:
+        while True:
+            try:
+                message = ws.recv(timeout=idle_s)
+            except TimeoutError:
+                return events
+            assert isinstance(message, bytes)
+            header, body = decode_frame(message)
+            if header.get("t") == message_type:
+                events.append(body)
 
 
 @dataclass

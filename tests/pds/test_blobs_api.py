@@ -22,7 +22,7 @@ from starlette.routing import Route
 from pds.api.repo import collect_blob_garbage
 from pds.blobstore import account_dirname
 from roost.cid import CID
-from tests.pds.conftest import Network, running_network
+from tests.pds.conftest import Network, error, ok, running_network
 
 POST = "app.bsky.feed.post"
 PROFILE = "app.bsky.actor.profile"
@@ -77,19 +77,6 @@ def alice(net: Network) -> dict[str, Any]:
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def ok(response: httpx.Response) -> dict[str, Any]:
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json() if response.content else {}
-    return body
-
-
-def error(response: httpx.Response, status: int, name: str) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["error"] == name, body
-    return body["message"]  # type: ignore[no-any-return]
 
 
 def upload(

@@ -12,14 +12,12 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from websockets.asyncio.client import connect
 
 from pds.app import create_app as create_pds_app
 from pds.app import request_crawl
 from pds.config import PdsConfig
-from roost.frames import decode_frame
 from roost.identity import DidDocument
-from tests.pds.conftest import Network
+from tests.pds.conftest import Network, firehose_events
 from tests.servers import ServerThread, free_port
 
 
@@ -29,23 +27,6 @@ def _update(network: Network, session: dict[str, Any], handle: str) -> httpx.Res
         json={"handle": handle},
         headers=network.auth(session),
     )
-
-
-async def _identity_events(network: Network) -> list[dict[str, Any]]:
-    """Every ``#identity`` body in the firehose, replayed from cursor 0."""
-    url = network.pds_url.replace("http://", "ws://")
-    url += "/xrpc/com.atproto.sync.subscribeRepos?cursor=0"
-    events: list[dict[str, Any]] = []
-    async with connect(url) as ws:
-        while True:
-            try:
-                message = await asyncio.wait_for(ws.recv(), 1.0)
-            except TimeoutError:
-                return events
-            assert isinstance(message, bytes)
-            header, body = decode_frame(message)
-            if header.get("t") == "#identity":
-                events.append(body)
 
 
 def test_update_handle(network: Network) -> None:
@@ -69,7 +50,7 @@ def test_update_handle(network: Network) -> None:
 
     # the same handle again is accepted (re-announces it)
     assert _update(network, alice, "alicia.pds.test").status_code == 200
-    events = asyncio.run(_identity_events(network))
+    events = firehose_events(network.pds_url, "#identity")
     handles = [e["handle"] for e in events if e["did"] == did]
     assert handles == ["alice.pds.test", "alicia.pds.test", "alicia.pds.test"]
     # the old handle is free again
@@ -99,7 +80,7 @@ def test_update_handle_errors(network: Network) -> None:
     # nothing changed
     doc = DidDocument.parse(network.http.get(f"{network.plc_url}/{did}").json(), did=did)
     assert doc.handle == "alice.pds.test"
-    events = asyncio.run(_identity_events(network))
+    events = firehose_events(network.pds_url, "#identity")
     assert [e["handle"] for e in events if e["did"] == did] == ["alice.pds.test"]
 
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import httpx
-from websockets.asyncio.client import connect
 
 from roost import cbor
 from roost.blockstore import MemoryBlockStore
@@ -14,11 +12,10 @@ from roost.car import car_bytes
 from roost.cid import CID
 from roost.commit import sign_commit
 from roost.crypto import PrivateKey, PublicKey
-from roost.frames import decode_frame
 from roost.identity import DidDocument
 from roost.mst import key_height
 from roost.repo import Repo, verify_car
-from tests.pds.conftest import Network
+from tests.pds.conftest import Network, firehose_events
 
 POST = "app.bsky.feed.post"
 CREATED = "2024-05-01T12:00:00.000Z"
@@ -77,21 +74,6 @@ def build_repo(did: str, texts: list[str], blob: CID | None = None) -> tuple[byt
     return b"".join(repo.export_car()), repo
 
 
-async def _sync_events(net: Network) -> list[dict[str, Any]]:
-    url = net.pds_url.replace("http://", "ws://") + "/xrpc/com.atproto.sync.subscribeRepos?cursor=0"
-    events: list[dict[str, Any]] = []
-    async with connect(url) as ws:
-        while True:
-            try:
-                message = await asyncio.wait_for(ws.recv(), 1.0)
-            except TimeoutError:
-                return events
-            assert isinstance(message, bytes)
-            header, body = decode_frame(message)
-            if header.get("t") == "#sync":
-                events.append(body)
-
-
 def test_import_repo(network: Network) -> None:
     bob = network.create_account("bob")
     did = bob["did"]
@@ -113,7 +95,7 @@ def test_import_repo(network: Network) -> None:
     assert summary.data_cid == source.commit.data
     assert summary.rev > source.rev
 
-    events = asyncio.run(_sync_events(network))
+    events = firehose_events(network.pds_url, "#sync")
     assert [e["rev"] for e in events if e["did"] == did][-1] == summary.rev
 
     # the next write builds on the imported repo

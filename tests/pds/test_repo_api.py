@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from roost.jwt import ACCESS_TOKEN_TYP, create_hs256_jwt
-from tests.pds.conftest import Network
+from tests.pds.conftest import Network, error, ok
 
 POST = "app.bsky.feed.post"
 PROFILE = "app.bsky.actor.profile"
@@ -25,19 +25,6 @@ def post(text: str) -> dict[str, Any]:
 def call(net: Network, nsid: str, session: dict[str, Any] | None, **body: Any) -> httpx.Response:
     headers = net.auth(session) if session is not None else {}
     return net.http.post(net.xrpc(nsid), json=body, headers=headers)
-
-
-def ok(response: httpx.Response) -> dict[str, Any]:
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json() if response.content else {}
-    return body
-
-
-def error(response: httpx.Response, status: int, name: str) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["error"] == name, body
-    return body["message"]  # type: ignore[no-any-return]
 
 
 def create(
