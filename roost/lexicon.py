@@ -1148,24 +1148,12 @@ class Catalog:
     def validate_input(self, nsid: str, body: Any) -> Any:
         """Check a procedure's input body against its schema (if it declares one)."""
         m = self._method(nsid)
-        if m.info.input_encoding is None:
-            if body is not None:
-                raise ValidationError(f"{nsid} takes no input", "input")
-            return body
-        if m.input is None:
-            return body
-        return _run(m.input, body, "input")
+        return _check_body(nsid, m.info.input_encoding, m.input, body, "input", "takes no input")
 
     def validate_output(self, nsid: str, body: Any) -> Any:
         """Check a method's output body against its schema (if it declares one)."""
         m = self._method(nsid)
-        if m.info.output_encoding is None:
-            if body is not None:
-                raise ValidationError(f"{nsid} has no output", "output")
-            return body
-        if m.output is None:
-            return body
-        return _run(m.output, body, "output")
+        return _check_body(nsid, m.info.output_encoding, m.output, body, "output", "has no output")
 
     def validate_message(self, nsid: str, message: Any, message_type: str | None = None) -> Any:
         """Check one subscription message against the member of its message union.
@@ -1256,3 +1244,16 @@ def _iter_refs(node: Any) -> Iterator[tuple[str, bool]]:
     elif type(node) is list:
         for v in node:
             yield from _iter_refs(v)
+
+
+def _check_body(
+    nsid: str, encoding: str | None, validator: Any, body: Any, where: str, absent: str
+) -> Any:
+    """Validate an input or output body: none allowed without an encoding."""
+    if encoding is None:
+        if body is not None:
+            raise ValidationError(f"{nsid} {absent}", where)
+        return body
+    if validator is None:
+        return body
+    return _run(validator, body, where)
