@@ -33,7 +33,7 @@ from pds.blobstore import DiskBlobStore
 from pds.config import PdsConfig
 from pds.context import PdsContext
 from pds.proxy import ProxyHeaderMiddleware, proxy_fallback
-from pds.sequencer import Sequencer
+from roost.sequencer import Sequencer
 from pds.sqlite import PdsDatabase
 from pds.writer import Writer
 

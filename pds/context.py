@@ -20,7 +20,7 @@ from roost.xrpc import XrpcContext
 
 from pds.blobstore import DiskBlobStore
 from pds.config import PdsConfig
-from pds.sequencer import Sequencer
+from roost.sequencer import Sequencer
 from pds.sqlite import AccountRow, PdsDatabase
 from pds.writer import Writer
 

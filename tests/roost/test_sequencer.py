@@ -1,8 +1,8 @@
-"""pds.sequencer: cursors, replay window, gap-free cutover, slow consumers, shutdown.
+"""roost.sequencer: cursors, replay window, gap-free cutover, slow consumers, shutdown.
 
 Every stream test talks to a real uvicorn server on a loopback port (its own
 thread and event loop) through the ``websockets`` client. The event log is
-an in-memory fake of :class:`pds.sequencer.EventLog`; events are appended
+an in-memory fake of :class:`roost.sequencer.EventLog`; events are appended
 and published *on the server's loop*, as the PDS writer would do it.
 """
 
@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from pds.sequencer import (
+from roost.sequencer import (
     PAGE_SIZE,
     SUBSCRIBE_REPOS,
     ConsumerTooSlow,

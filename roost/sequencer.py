@@ -1,8 +1,9 @@
-"""The PDS firehose: live fan-out of sequenced events and ``subscribeRepos``.
+"""Firehose fan-out: live delivery of sequenced events and ``subscribeRepos``.
 
-The durable event log lives in the PDS database; the writer appends each
-event (a complete binary frame carrying its ``seq``) in the same transaction
-as the commit it describes, then calls :meth:`Sequencer.publish` with the new
+Shared by the PDS and the relay. The durable event log lives in the
+service's database; its writer appends each event (a complete binary frame
+carrying its ``seq``) in the same transaction as the data it describes, then
+calls :meth:`Sequencer.publish` with the new
 events. The sequencer never writes the log: it only reads it (through the
 narrow :class:`EventLog` protocol) to replay, and pushes published events
 into one bounded queue per live subscriber.
