@@ -221,15 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
     pds_serve.set_defaults(handler=_pds_serve)
     _add_pds_admin(pds_sub)
 
-    for name, text in (
-        ("relay", "a relay"),
-        ("feedgen", "a feed generator host"),
-    ):
-        group = commands.add_parser(name, help=f"run {text}")
-        sub = group.add_subparsers(dest="action", metavar="ACTION", required=True)
-        serve = sub.add_parser("serve", help=f"serve {text}")
-        _add_service_flags(serve)
-        serve.set_defaults(handler=_unavailable(f"{name} serve"))
+    relay = commands.add_parser("relay", help="run a relay")
+    relay_sub = relay.add_subparsers(dest="action", metavar="ACTION", required=True)
+    relay_serve = relay_sub.add_parser("serve", help="serve a relay")
+    _add_service_flags(relay_serve)
+    relay_serve.set_defaults(handler=_unavailable("relay serve"))
+
+    feedgen = commands.add_parser("feedgen", help="run a feed generator host")
+    feedgen_sub = feedgen.add_subparsers(dest="action", metavar="ACTION", required=True)
+    feedgen_serve = feedgen_sub.add_parser("serve", help="serve a feed generator host")
+    _add_service_flags(feedgen_serve)
+    feedgen_serve.set_defaults(handler=_unavailable("feedgen serve"))
 
     repo = commands.add_parser("repo", help="offline repository tools")
     repo_sub = repo.add_subparsers(dest="action", metavar="ACTION", required=True)
