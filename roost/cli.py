@@ -88,6 +88,29 @@ def _pds_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _up(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from roost.up import UpOptions, run_up
+
+    if not 1 <= args.base_port <= 65535 - 3:
+        print("roost up: --base-port must leave room for four ports", file=sys.stderr)
+        return 2
+    options = UpOptions(
+        data_dir=Path(args.data_dir),
+        base_port=args.base_port,
+        host=args.host,
+        hostname=args.hostname,
+        signup_mode=args.signup_mode,
+        admin_password=args.admin_password,
+        demo=args.demo,
+    )
+    seed = None
+    if args.demo:
+        from roost.up import seed_demo as seed
+    return run_up(options, seed=seed)
+
+
 def _open_input(name: str) -> BinaryIO:
     if name == "-":
         return sys.stdin.buffer
@@ -185,10 +208,19 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     up = commands.add_parser("up", help="run PLC, PDS, relay and feed generator together")
-    up.add_argument("--data-dir", default="./roost-data")
-    up.add_argument("--base-port", type=int, default=2582)
+    up.add_argument("--data-dir", default="./roost-data", help="default %(default)s")
+    up.add_argument(
+        "--base-port", type=int, default=2582,
+        help="PLC on this port, PDS +1, relay +2, feed generator +3 (default %(default)s)",
+    )
+    up.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    up.add_argument(
+        "--hostname", default="roost.test", help="the PDS's name; handles are <name>.<hostname>"
+    )
+    up.add_argument("--signup-mode", choices=("open", "invite", "application"), default="open")
+    up.add_argument("--admin-password", help="admin password (default: generated once, kept)")
     up.add_argument("--demo", action="store_true", help="seed demo accounts and posts")
-    up.set_defaults(handler=_unavailable("up"))
+    up.set_defaults(handler=_up)
 
     plc = commands.add_parser("plc", help="run the did:plc directory")
     plc_sub = plc.add_subparsers(dest="action", metavar="ACTION", required=True)

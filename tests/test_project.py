@@ -37,7 +37,7 @@ def test_version_flag() -> None:
 
 
 def test_unbuilt_commands_fail_clearly(capsys) -> None:  # type: ignore[no-untyped-def]
-    assert main(["relay", "serve"]) == EXIT_UNAVAILABLE
+    assert main(["account", "status"]) == EXIT_UNAVAILABLE
     assert "not yet available" in capsys.readouterr().err
 
 
