@@ -111,6 +111,69 @@ def _up(args: argparse.Namespace) -> int:
     return run_up(options, seed=seed)
 
 
+def _add_identity_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plc-url", default="https://plc.directory", help="did:plc directory")
+    parser.add_argument("--relay-url", help="a relay that should see the account")
+    parser.add_argument("--allow-local", action="store_true",
+                        help="allow loopback/private addresses (a local network)")
+
+
+def _account_migrate(args: argparse.Namespace) -> int:
+    import asyncio
+    import getpass
+    import os
+
+    from roost.errors import RoostError
+    from roost.migrate import MigrateOptions, Migration, MigrationError
+
+    password = args.password or os.environ.get("ROOST_PASSWORD")
+    if not password:
+        password = getpass.getpass(f"Password for {args.handle}: ")
+    options = MigrateOptions(
+        from_url=args.from_url, to_url=args.to_url, identifier=args.handle, password=password,
+        new_handle=args.new_handle, new_password=args.new_password, email=args.email,
+        invite_code=args.invite_code, plc_url=args.plc_url, relay_url=args.relay_url,
+        yes=args.yes, allow_local=args.allow_local, plc_token=args.plc_token,
+    )
+    try:
+        return asyncio.run(Migration(options).run())
+    except (MigrationError, RoostError) as exc:
+        print(f"roost account migrate: {exc}", file=sys.stderr)
+        print("nothing is lost: fix the cause and run the same command again to continue",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nroost account migrate: interrupted; run the same command again to continue",
+              file=sys.stderr)
+        return 130
+
+
+def _account_status(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import httpx
+
+    from roost.migrate import account_status
+
+    async def main() -> int:
+        hosts = [(f"pds {i + 1}", url) for i, url in enumerate(args.pds)]
+        async with httpx.AsyncClient() as http:
+            if not hosts:
+                first = await account_status(http, args.did, hosts=[], plc_url=args.plc_url,
+                                             allow_local=args.allow_local)
+                if first.pds_endpoint:
+                    hosts = [("current", first.pds_endpoint)]
+            report = await account_status(
+                http, args.did, hosts=hosts, plc_url=args.plc_url, relay_url=args.relay_url,
+                allow_local=args.allow_local,
+            )
+        print(args.did)
+        report.print(sys.stdout)
+        return 0 if report.ok else 1
+
+    return asyncio.run(main())
+
+
 def _open_input(name: str) -> BinaryIO:
     if name == "-":
         return sys.stdin.buffer
@@ -292,9 +355,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     account = commands.add_parser("account", help="account tools")
     acct_sub = account.add_subparsers(dest="action", metavar="ACTION", required=True)
-    for action, text in (("migrate", "move an account between hosts"), ("status", "show status")):
-        cmd = acct_sub.add_parser(action, help=text)
-        cmd.set_defaults(handler=_unavailable(f"account {action}"))
+    migrate = acct_sub.add_parser(
+        "migrate", help="move an account to another host, keeping its identity and followers"
+    )
+    migrate.add_argument("--from", dest="from_url", required=True, metavar="URL",
+                         help="the account's current PDS")
+    migrate.add_argument("--to", dest="to_url", required=True, metavar="URL", help="the new PDS")
+    migrate.add_argument("--handle", required=True, help="handle (or DID) on the current PDS")
+    migrate.add_argument("--new-handle", help="handle on the new PDS (default: same name there)")
+    migrate.add_argument("--password", help="account password (default: $ROOST_PASSWORD or ask)")
+    migrate.add_argument("--new-password", help="password on the new PDS (default: the same)")
+    migrate.add_argument("--email", help="email for the new PDS (default: the current one)")
+    migrate.add_argument("--invite-code", help="invite code, if the new PDS requires one")
+    migrate.add_argument("--plc-token", help="the confirmation code sent by the current PDS")
+    _add_identity_flags(migrate)
+    migrate.add_argument("--yes", action="store_true", help="do not ask before the identity moves")
+    migrate.set_defaults(handler=_account_migrate)
+
+    status = acct_sub.add_parser(
+        "status", help="where an account stands: directory, hosts and relay"
+    )
+    status.add_argument("did", help="the account's DID")
+    status.add_argument("--pds", action="append", default=[], metavar="URL",
+                        help="a PDS to ask (repeatable; default: the one in the DID document)")
+    _add_identity_flags(status)
+    status.set_defaults(handler=_account_status)
 
     return parser
 
