@@ -43,7 +43,6 @@ from starlette.routing import Route
 
 from plc.config import PlcConfig
 from plc.mirror import Mirror
-from plc.sqlite import SqlitePlcStore
 from plc.storage import ExportCursor, LogEntry, PlcStore
 from roost.errors import InternalServerError, PayloadTooLarge, RateLimitExceeded, RoostError
 from roost.plc import (
@@ -369,7 +368,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        the_store: PlcStore = store if store is not None else SqlitePlcStore(config.database_path)
+        the_store: PlcStore = store if store is not None else config.open_store()
         await the_store.open()
         own_http = None
         mirror = None

@@ -26,11 +26,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from roost import __version__
 from roost import config as roost_config
+from roost.database import is_postgres_url
 from roost.plc import OpRateLimits
+
+if TYPE_CHECKING:
+    from plc.storage import PlcStore
 
 __all__ = ["PlcConfig"]
 
@@ -43,7 +47,8 @@ class PlcConfig:
     host: str = "127.0.0.1"
     port: int = 2582
     data_dir: Path = Path("roost-data/plc")
-    database: Path | None = None
+    #: SQLite file (default ``<data_dir>/plc.sqlite``) or a ``postgresql://`` URL.
+    database: Path | str | None = None
     upstream: str | None = None
     poll_interval: float = 5.0
     max_body_bytes: int = 16_384
@@ -57,7 +62,9 @@ class PlcConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.data_dir, Path):
             object.__setattr__(self, "data_dir", Path(self.data_dir))
-        if self.database is not None and not isinstance(self.database, Path):
+        if self.database is not None and not (
+            isinstance(self.database, Path) or is_postgres_url(self.database)
+        ):
             object.__setattr__(self, "database", Path(self.database))
         if self.upstream is not None:
             object.__setattr__(self, "upstream", self.upstream.rstrip("/") or None)
@@ -70,7 +77,19 @@ class PlcConfig:
     @property
     def database_path(self) -> Path:
         """The SQLite file: ``database`` or ``<data_dir>/plc.sqlite``."""
-        return self.database if self.database is not None else self.data_dir / "plc.sqlite"
+        if is_postgres_url(self.database):
+            raise ValueError("the directory is configured for PostgreSQL, not a SQLite file")
+        return self.database if isinstance(self.database, Path) else self.data_dir / "plc.sqlite"
+
+    def open_store(self) -> PlcStore:
+        """The configured storage back-end (not opened yet)."""
+        if is_postgres_url(self.database):
+            from plc.postgres import PostgresPlcStore
+
+            return PostgresPlcStore(str(self.database))
+        from plc.sqlite import SqlitePlcStore
+
+        return SqlitePlcStore(self.database_path)
 
     @property
     def op_rate_limits(self) -> OpRateLimits:
@@ -97,6 +116,8 @@ def _convert(name: str, raw: str) -> Any:
             return float(raw)
     except ValueError:
         raise ValueError(f"{roost_config.ENV_PREFIX}{name.upper()} must be a number, got {raw!r}") from None
+    if name == "database" and is_postgres_url(raw):
+        return raw
     if name in ("data_dir", "database"):
         return Path(raw)
     return raw

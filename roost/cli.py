@@ -289,7 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     plc_sub = plc.add_subparsers(dest="action", metavar="ACTION", required=True)
     plc_serve = plc_sub.add_parser("serve", help="serve the did:plc directory")
     _add_service_flags(plc_serve)
-    plc_serve.add_argument("--database", help="SQLite file (default <data-dir>/plc.sqlite)")
+    plc_serve.add_argument(
+        "--database", help="SQLite file (default <data-dir>/plc.sqlite) or a postgresql:// URL"
+    )
     plc_serve.add_argument(
         "--upstream", metavar="URL", help="mirror this directory, verifying every op"
     )

@@ -20,7 +20,6 @@ from starlette.routing import Route
 
 from plc.app import create_app
 from plc.config import PlcConfig
-from plc.sqlite import SqlitePlcStore
 from roost.crypto import PrivateKey
 from roost.errors import (
     DidDeactivated,
@@ -69,7 +68,7 @@ class RacingStore:
     """Wraps a store so that, once armed, ``parties`` submissions all read the log
     before any of them writes: a deterministic race for the compare-and-set."""
 
-    def __init__(self, inner: SqlitePlcStore, parties: int = 2) -> None:
+    def __init__(self, inner: Any, parties: int = 2) -> None:
         self.inner = inner
         self.parties = parties
         self.armed = False
@@ -102,10 +101,23 @@ def clock() -> Clock:
     return Clock()
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest) -> str | None:
+    """The storage back-end: None for the SQLite default, else a fresh PostgreSQL database."""
+    if request.param == "postgres":
+        return str(request.getfixturevalue("postgres_dsn"))
+    return None
+
+
+def open_store(tmp_path: Path, database: str | None) -> Any:
+    return PlcConfig(data_dir=tmp_path / "plc", database=database).open_store()
+
+
 @pytest.fixture
-def url(tmp_path: Path, clock: Clock) -> Iterator[str]:
+def url(tmp_path: Path, clock: Clock, database: str | None) -> Iterator[str]:
     with directory(
-        tmp_path, clock, did_ops_per_hour=1000, did_ops_per_day=1000, did_ops_per_week=1000
+        tmp_path, clock, database=database,
+        did_ops_per_hour=1000, did_ops_per_day=1000, did_ops_per_week=1000,
     ) as base:
         yield base
 
@@ -282,8 +294,10 @@ async def test_bad_ops_are_rejected_and_not_stored(
 # -- races ------------------------------------------------------------------------------------------
 
 
-async def test_concurrent_conflicting_updates(tmp_path: Path, clock: Clock) -> None:
-    store = RacingStore(SqlitePlcStore(tmp_path / "race.sqlite"))
+async def test_concurrent_conflicting_updates(
+    tmp_path: Path, clock: Clock, database: str | None
+) -> None:
+    store = RacingStore(open_store(tmp_path, database))
     with directory(tmp_path, clock, store=store) as url:
         async with httpx.AsyncClient(timeout=10) as http, PlcClient(url, http) as client:
             did, genesis = await client.create_did(
@@ -322,8 +336,8 @@ async def test_many_concurrent_updates_one_wins(
     assert len(log) == 2 and log[1] == ops[statuses.index(200)]
 
 
-async def test_store_compare_and_set(tmp_path: Path) -> None:
-    store = SqlitePlcStore(tmp_path / "cas.sqlite")
+async def test_store_compare_and_set(tmp_path: Path, database: str | None) -> None:
+    store = open_store(tmp_path, database)
     await store.open()
     try:
         op = sign_op(build_genesis(rotation_keys=[K0], signing_key=SIGNING, handle=None,
@@ -436,12 +450,14 @@ async def test_export_paging(client: PlcClient, http: httpx.AsyncClient, url: st
         assert r.status_code == 400 and r.json()["message"]
 
 
-async def test_data_survives_restart(tmp_path: Path, http: httpx.AsyncClient) -> None:
-    with directory(tmp_path) as url:
+async def test_data_survives_restart(
+    tmp_path: Path, http: httpx.AsyncClient, database: str | None
+) -> None:
+    with directory(tmp_path, database=database) as url:
         async with PlcClient(url, http) as client:
             did, _ = await client.create_did(SIGNING, [K0], "alice.test", "https://pds.test")
             await client.update(did, K0, handle="bob.test")
-    with directory(tmp_path) as url:
+    with directory(tmp_path, database=database) as url:
         async with PlcClient(url, http) as client:
             assert (await client.get_data(did)).handle == "bob.test"
             assert len(await client.get_audit_log(did)) == 2
