@@ -87,11 +87,15 @@ def encode_error_frame(error: str, message: str | None = None) -> bytes:
 _ERROR_HEADER: Final = cbor.encode({"op": OP_ERROR}, check_floats=False)
 
 
-def decode_frame(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any], dict[str, Any]]:
+def decode_frame(
+    data: bytes | bytearray | memoryview, *, check_floats: bool = True
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split one frame into ``(header, body)``; raise ``CborDecodeError`` if malformed.
 
     Both items must be strict DAG-CBOR maps with nothing after the body;
     ``op`` must be an int and, for ``op == 1``, ``t`` a string.
+    ``check_floats=False`` skips the float scan of the body, for consumers
+    that type-check every field they use (a float there fails that check).
     """
     if isinstance(data, (bytearray, memoryview)):
         data = bytes(data)
@@ -105,7 +109,8 @@ def decode_frame(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any], 
     header = cbor.decode(data[:length])
     if length == len(data):
         raise CborDecodeError("frame has a header but no body")
-    body = cbor.decode(data[length:])  # exactly one item: a third one is rejected
+    # exactly one item: a third one is rejected
+    body = cbor.decode(data[length:], check_floats=check_floats)
     if not isinstance(header, dict):
         raise CborDecodeError("frame header is not a map")
     if not isinstance(body, dict):
