@@ -36,6 +36,18 @@ then close 1008) and the client can reconnect with its cursor. If its
 connection is stuck (the client stopped reading, so the server cannot even
 write the error frame), the subscription task passed as ``stuck_task`` is
 cancelled after ``slow_grace_s``, so a silent client cannot pin a handler.
+
+With ``stall_s`` set (the relay sets it), only a *stalled* subscriber is
+dropped: one that has not taken a batch for ``stall_s`` seconds. A subscriber
+that overflows while still reading is merely behind: it leaves the live set,
+its queue is freed, and it catches up from the log (steps 1-3 again, from the
+last seq it was given). Every published event is already in the log, so
+nothing is lost, and memory per subscriber stays bounded by ``buffer_size``.
+
+:meth:`Sequencer.subscribe_batches` yields the same frames grouped as they
+become available (a replay page, or everything queued), so a server can
+write many frames to a socket at once; :meth:`Sequencer.subscribe` yields
+them one by one.
 """
 
 from __future__ import annotations
@@ -123,14 +135,18 @@ _CLOSED: Final = "closed"
 class _Subscriber:
     """One open stream: its live queue (once registered) and state."""
 
-    __slots__ = ("queue", "wakeup", "state", "stuck_task", "timer")
+    __slots__ = ("queue", "wakeup", "state", "stuck_task", "timer", "behind", "pulled_at")
 
-    def __init__(self, stuck_task: asyncio.Task[Any] | None) -> None:
+    def __init__(self, stuck_task: asyncio.Task[Any] | None, now: float) -> None:
         self.queue: deque[tuple[int, bytes]] = deque()
         self.wakeup = asyncio.Event()
         self.state: str = _OPEN
         self.stuck_task = stuck_task
         self.timer: asyncio.TimerHandle | None = None
+        #: Set when it must (re)play from the log before going live.
+        self.behind = False
+        #: When it last took a batch (the sequencer's clock).
+        self.pulled_at = now
 
 
 class Sequencer:
@@ -140,11 +156,13 @@ class Sequencer:
     (by event time) cursors may replay. ``buffer_size``: live events queued
     per subscriber before it is dropped as too slow. ``clock``: seconds since
     the epoch. ``slow_grace_s``: see the module docstring (``None``: never
-    cancel).
+    cancel). ``stall_s``: see the module docstring (``None``: every
+    overflowing subscriber is dropped).
 
     Metrics (plain attributes, for an operator page): ``subscriber_count``
     (open streams, replaying or live), ``live_subscriber_count``,
-    ``events_published``, ``dropped_too_slow``, ``last_published_seq``.
+    ``events_published``, ``dropped_too_slow``, ``sent_back_to_replay``,
+    ``last_published_seq``.
 
     All methods must be called on the event loop that serves the streams.
     """
@@ -157,21 +175,26 @@ class Sequencer:
         buffer_size: int = DEFAULT_BUFFER_SIZE,
         clock: Callable[[], float] = time.time,
         slow_grace_s: float | None = SLOW_CONSUMER_GRACE_S,
+        stall_s: float | None = None,
     ) -> None:
         if buffer_size < 1:
             raise ValueError("buffer_size must be at least 1")
         if replay_window_s < 0:
             raise ValueError("replay_window_s must not be negative")
+        if stall_s is not None and stall_s <= 0:
+            raise ValueError("stall_s must be positive")
         self.log = log
         self.replay_window_s = replay_window_s
         self.buffer_size = buffer_size
         self.slow_grace_s = slow_grace_s
+        self.stall_s = stall_s
         self._clock = clock
         self._streams: set[_Subscriber] = set()
         self._live: set[_Subscriber] = set()
         self._closed = False
         self.events_published = 0
         self.dropped_too_slow = 0
+        self.sent_back_to_replay = 0
         self.last_published_seq = 0
 
     # -- metrics ----------------------------------------------------------------------
@@ -185,6 +208,11 @@ class Sequencer:
     def live_subscriber_count(self) -> int:
         """Streams registered for live events."""
         return len(self._live)
+
+    @property
+    def queued_events(self) -> int:
+        """Events waiting in subscriber queues, all subscribers together."""
+        return sum(len(sub.queue) for sub in self._streams)
 
     @property
     def closed(self) -> bool:
@@ -202,12 +230,24 @@ class Sequencer:
             return
         self.events_published += len(events)
         self.last_published_seq = max(self.last_published_seq, events[-1][0])
+        stalled_before = None if self.stall_s is None else self._clock() - self.stall_s
         for sub in list(self._live):
             if len(sub.queue) + len(events) > self.buffer_size:
-                self._drop(sub)
+                if stalled_before is not None and sub.pulled_at > stalled_before:
+                    self._send_back(sub)
+                else:
+                    self._drop(sub)
             else:
                 sub.queue.extend(events)
                 sub.wakeup.set()
+
+    def _send_back(self, sub: _Subscriber) -> None:
+        """Overflowing but still reading: free its queue, let it catch up from the log."""
+        self._live.discard(sub)
+        sub.queue.clear()
+        sub.behind = True
+        sub.wakeup.set()
+        self.sent_back_to_replay += 1
 
     def _drop(self, sub: _Subscriber) -> None:
         self._live.discard(sub)
@@ -243,57 +283,81 @@ class Sequencer:
         ``stuck_task``: the task sending this stream to the client, cancelled
         if it is still running ``slow_grace_s`` after the drop.
         """
+        batches = self.subscribe_batches(cursor, stuck_task=stuck_task)
+        try:
+            async for batch in batches:
+                for frame in batch:
+                    yield frame
+        finally:
+            await batches.aclose()
+
+    async def subscribe_batches(
+        self, cursor: int | None = None, *, stuck_task: asyncio.Task[Any] | None = None
+    ) -> AsyncGenerator[list[bytes], None]:
+        """:meth:`subscribe`, with the frames in non-empty lists as they become available."""
         if self._closed:
             return
-        sub = _Subscriber(stuck_task)
+        sub = _Subscriber(stuck_task, self._clock())
         self._streams.add(sub)
         try:
             if cursor is None:
-                last = 0
+                latest = await self.log.latest_seq()
                 self._live.add(sub)
+                # Only used if it is ever sent back to replay: everything
+                # published from here on is in its queue.
+                last = max(latest, self.last_published_seq)
             else:
                 last, outdated = await self._start(cursor)
                 if outdated:
-                    yield _OUTDATED_FRAME
-                # 1. backfill, page by page, until close to the head of the log
-                while sub.state == _OPEN:
-                    page = await self.log.read_after(last, PAGE_SIZE)
-                    for seq, frame in page:
-                        if sub.state != _OPEN:
-                            break
-                        yield frame
-                        last = seq
-                    if len(page) < PAGE_SIZE:
-                        break
-                    if await self.log.latest_seq() - last <= CUTOVER_MARGIN:
-                        break
-                # 2. cutover: buffer live events, then read what the log has left
-                if sub.state == _OPEN:
-                    self._live.add(sub)
-                while sub.state == _OPEN:
-                    page = await self.log.read_after(last, PAGE_SIZE)
-                    for seq, frame in page:
-                        if sub.state != _OPEN:
-                            break
-                        yield frame
-                        last = seq
-                    if len(page) < PAGE_SIZE:
-                        break
-            # 3. live, deduplicated against what replay already sent
+                    yield [_OUTDATED_FRAME]
+                sub.behind = True
             while True:
+                if sub.behind and sub.state == _OPEN:
+                    sub.behind = False
+                    # 1. backfill, page by page, until close to the head of the log
+                    while sub.state == _OPEN:
+                        page = await self.log.read_after(last, PAGE_SIZE)
+                        if page:
+                            last = page[-1][0]
+                            sub.pulled_at = self._clock()
+                            yield [frame for _, frame in page]
+                        if len(page) < PAGE_SIZE:
+                            break
+                        if await self.log.latest_seq() - last <= CUTOVER_MARGIN:
+                            break
+                    # 2. cutover: buffer live events, then read what the log has left
+                    if sub.state == _OPEN:
+                        self._live.add(sub)
+                    while sub.state == _OPEN and not sub.behind:
+                        page = await self.log.read_after(last, PAGE_SIZE)
+                        if page:
+                            last = page[-1][0]
+                            sub.pulled_at = self._clock()
+                            yield [frame for _, frame in page]
+                        if len(page) < PAGE_SIZE:
+                            break
+                # 3. live, deduplicated against what replay already sent
                 if sub.state == _CLOSED:
                     return
                 if sub.state == _TOO_SLOW:
                     raise ConsumerTooSlow("Stream consumer too slow")
-                if not sub.queue:
+                if sub.behind:
+                    continue
+                queue = sub.queue
+                if not queue:
                     sub.wakeup.clear()
                     await sub.wakeup.wait()
                     continue
-                seq, frame = sub.queue.popleft()
-                if seq <= last:
-                    continue
-                last = seq
-                yield frame
+                # everything queued at once; seqs increase, so only a prefix can be old
+                items = list(queue)
+                queue.clear()
+                start = 0
+                while start < len(items) and items[start][0] <= last:
+                    start += 1
+                if start < len(items):
+                    last = items[-1][0]
+                    sub.pulled_at = self._clock()
+                    yield [frame for _, frame in items[start:]]
         finally:
             self._streams.discard(sub)
             self._live.discard(sub)

@@ -1,0 +1,38 @@
+"""``roost relay serve``: build the config from flags and ``ROOST_*`` variables, then serve."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["serve"]
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run a relay until SIGINT/SIGTERM; the exit status of the command."""
+    from relay.app import SERVER_OPTIONS, create_app
+    from relay.config import RelayConfig
+    from roost.server import ServerStartupError, run
+
+    try:
+        config = RelayConfig.from_env(
+            host=args.host,
+            port=args.port,
+            data_dir=args.data_dir,
+            database=args.database,
+            plc_url=args.plc_url,
+            crawl=tuple(args.crawl) if args.crawl else None,
+            admin_password=args.admin_password,
+            allow_local=args.allow_local,
+        )
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        app = create_app(config)
+    except (ValueError, OSError) as exc:
+        print(f"roost relay serve: {exc}", file=sys.stderr)
+        return 2
+    try:
+        run(app, config.host, config.port, name="relay", **SERVER_OPTIONS)
+    except ServerStartupError as exc:
+        print(f"roost relay serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
