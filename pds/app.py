@@ -29,9 +29,10 @@ from roost.plc import PlcClient
 from roost.xrpc import XrpcContext, XrpcRouter
 
 from pds.api import actor, identity, importer, repo, server, sync
+from pds import web
 from pds.blobstore import DiskBlobStore
 from pds.config import PdsConfig
-from pds.context import PdsContext
+from pds.context import AccountDeleted, PdsContext
 from pds.proxy import ProxyHeaderMiddleware, proxy_fallback
 from roost.sequencer import Sequencer
 from pds.sqlite import PdsDatabase
@@ -154,6 +155,8 @@ def create_app(config: PdsConfig, *, catalog: Catalog | None = None) -> Starlett
         async def check_session(creds: SessionCredentials) -> None:
             account = db.account(creds.did)
             if account is None:
+                if db.deleted_at(creds.did) is not None:
+                    raise AccountDeleted("Account has been deleted")
                 raise ExpiredToken("Token is for an account that does not exist")
             if account.status == "takendown":
                 raise AccountTakedown("Account has been taken down")
@@ -178,7 +181,7 @@ def create_app(config: PdsConfig, *, catalog: Catalog | None = None) -> Starlett
         await writer.start()
         blob_gc = asyncio.create_task(repo.run_blob_gc(ctx), name="pds-blob-gc")
         crawl = asyncio.create_task(
-            request_crawl(http, config.relay_urls, config.hostname), name="pds-request-crawl"
+            request_crawl(http, config.relay_urls, config.crawl_hostname), name="pds-request-crawl"
         )
         try:
             yield
@@ -199,13 +202,8 @@ def create_app(config: PdsConfig, *, catalog: Catalog | None = None) -> Starlett
             return PlainTextResponse("User not found", status_code=404)
         return PlainTextResponse(account.did)
 
-    async def root(request: Request) -> Response:
-        return PlainTextResponse(
-            f"This is an AT Protocol personal data server (roost {config.version}).\n"
-        )
-
     routes: list[Any] = [
-        Route("/", root),
+        *web.routes(config),  # the public page at / and the admin console at /admin
         Route("/.well-known/atproto-did", atproto_did),
         *router.routes,
     ]

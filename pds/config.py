@@ -17,6 +17,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any
 
 from roost import __version__
@@ -48,6 +49,11 @@ class PdsConfig:
     #: k256 PLC rotation key of the server, hex (generated when absent).
     rotation_key_hex: str | None = None
     signup_mode: str = "open"
+    #: Shown on the public page: the community's name (default: the hostname) and what it is.
+    server_name: str | None = None
+    server_description: str | None = None
+    #: The server's rules, one per entry, shown at sign-up (``ROOST_RULES`` separates them by "|").
+    rules: tuple[str, ...] = ()
     #: Questions applicants answer in "application" mode.
     application_questions: tuple[str, ...] = ()
     rules_url: str | None = None
@@ -84,6 +90,16 @@ class PdsConfig:
     @property
     def url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def crawl_hostname(self) -> str:
+        """What ``requestCrawl`` names: the bare ``hostname`` when the server is
+        reached at ``https://<hostname>``, else the URL it is reached at (a local
+        network on loopback ports), so a relay subscribes where clients connect."""
+        parts = urlsplit(self.url)
+        if parts.scheme == "https" and parts.port is None and parts.hostname == self.hostname:
+            return self.hostname
+        return self.url
 
     @property
     def service_did(self) -> str:
@@ -155,7 +171,7 @@ _SECRETS = {"admin_password", "jwt_secret", "rotation_key_hex"}
 _INTS = {"port", "max_blob_bytes"}
 _FLOATS = {"replay_window_s"}
 _BOOLS = {"allow_local", "debug"}
-_TUPLES = {"relay_urls", "application_questions", "rate_limit_bypass_ips"}
+_TUPLES = {"relay_urls", "application_questions", "rate_limit_bypass_ips", "rules"}
 
 
 def _convert(name: str, raw: str) -> Any:
@@ -169,7 +185,7 @@ def _convert(name: str, raw: str) -> Any:
     if name in _BOOLS:
         return raw.strip().lower() in ("1", "true", "yes", "on")
     if name in _TUPLES:
-        sep = "|" if name == "application_questions" else ","
+        sep = "|" if name in ("application_questions", "rules") else ","
         return tuple(part.strip() for part in raw.split(sep) if part.strip())
     if name == "data_dir":
         return Path(raw)

@@ -9,10 +9,11 @@ Two ways in:
   an ``atproto-proxy`` header to its target even when this PDS serves the
   method itself (unless the header names this PDS).
 
-The caller must hold an access session of an active local account. The
-outbound request carries a fresh service-auth JWT signed with the account's
-repo signing key: ``iss`` = the account, ``aud`` = ``did#service`` (or the
-AppView DID), ``lxm`` = the NSID. Only a safe set of headers crosses in each
+The caller must hold an access session of an active local account (a
+deactivated one is ``401 AccountDeactivated``). The outbound request
+carries a fresh service-auth JWT signed with the account's repo signing
+key: ``iss`` = the account, ``aud`` = ``did#service`` (or the AppView DID),
+``lxm`` = the NSID. Only a safe set of headers crosses in each
 direction; bodies are streamed with a size limit; timeouts answer ``504
 UpstreamTimeout``, connection failures ``502 UpstreamFailure``; upstream
 XRPC errors pass through with their status (a 500 becomes a 502).
@@ -44,7 +45,7 @@ from roost.identity import DidDocument
 from roost.syntax import is_valid_nsid
 from roost.xrpc import error_response
 
-from pds.context import PdsContext
+from pds.context import PdsContext, require_active
 
 __all__ = [
     "PROTECTED_METHODS",
@@ -169,8 +170,9 @@ async def _authenticate(p: PdsContext, request: Request, nsid: str) -> Any:
     if not isinstance(creds, SessionCredentials):
         raise AuthRequired("Authentication Required")
     account = p.db.account(creds.did)
-    if account is None or not account.active:
-        raise AuthRequired("Account is not active")
+    if account is None:
+        raise AuthRequired("Account not found")
+    require_active(account)  # a deactivated account's holder may have moved elsewhere
     if nsid in PROTECTED_METHODS:
         raise InvalidToken("Bad token method")
     if _is_privileged(nsid) and creds.scope not in PRIVILEGED_SCOPES:

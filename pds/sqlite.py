@@ -8,7 +8,7 @@ single writer batches the commits of many accounts into one transaction
 ("group commit", one fsync for many writes), which is what makes high write
 concurrency cheap on SQLite. Per-account files would need a second log and a
 two-phase scheme to keep the firehose consistent. Moving an account out is a
-query (its rows carry its DID), and exports are streamed from the tree anyway.
+query (its rows carry its DID), and an export is one range scan of its blocks.
 
 Connections: one write connection, used only by the writer (in a worker
 thread), ``synchronous=FULL`` so a COMMIT is durable when it returns; one read
@@ -31,6 +31,7 @@ __all__ = [
     "AccountBlocks",
     "AccountRow",
     "BlobRow",
+    "OutboxRow",
     "PdsDatabase",
     "ReadSnapshot",
     "SCHEMA_VERSION",
@@ -136,13 +137,56 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (did, name)
     ) STRICT, WITHOUT ROWID;
     """,
+    # 2: account lifecycle (deactivation, deletion, member messages) and
+    # record/blob takedowns
+    """
+    ALTER TABLE account ADD COLUMN delete_after TEXT;
+    CREATE TABLE email_token (
+        did TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        token TEXT NOT NULL,
+        requested_at INTEGER NOT NULL,
+        PRIMARY KEY (did, purpose)
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        did TEXT NOT NULL,
+        recipient TEXT,
+        purpose TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        body TEXT NOT NULL,
+        token TEXT,
+        created_at TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX outbox_by_did ON outbox (did, id);
+    CREATE TABLE deleted_account (
+        did TEXT PRIMARY KEY,
+        deleted_at TEXT NOT NULL
+    ) STRICT;
+    CREATE TABLE record_takedown (
+        did TEXT NOT NULL,
+        collection TEXT NOT NULL,
+        rkey TEXT NOT NULL,
+        ref TEXT,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (did, collection, rkey)
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE blob_takedown (
+        did TEXT NOT NULL,
+        cid BLOB NOT NULL,
+        ref TEXT,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (did, cid)
+    ) STRICT, WITHOUT ROWID;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _ACCOUNT_COLUMNS = (
     "did, handle, email, password_hash, signing_key, created_at, status, status_reason,"
-    " application, invite_code"
+    " application, invite_code, delete_after"
 )
+_ACCOUNT_FIELDS = _ACCOUNT_COLUMNS.count(",") + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +201,8 @@ class AccountRow:
     status_reason: str | None
     application: str | None
     invite_code: str | None
+    #: When the holder of a deactivated account suggested it be deleted (deactivateAccount).
+    delete_after: str | None = None
 
     @property
     def active(self) -> bool:
@@ -177,6 +223,20 @@ class BlobRow:
     @property
     def permanent(self) -> bool:
         return self.temp_key is None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A message to a member (roost sends no email: the operator relays these)."""
+
+    id: int
+    did: str
+    recipient: str | None
+    purpose: str
+    subject: str
+    body: str
+    token: str | None
+    created_at: str
 
 
 #: One SQL statement and its parameters, for the writer's transaction.
@@ -222,6 +282,14 @@ class _RepoReads:
             ):
                 out[CID.from_bytes(cid)] = data
         return out
+
+    def block_rows(self, did: str) -> sqlite3.Cursor:
+        """Every block the account holds, as raw (CID bytes, data) rows in CID order.
+
+        One range scan of the primary key (getRepo: the table holds exactly
+        the blocks of the current commit; see :mod:`pds.writer`).
+        """
+        return self._conn.execute("SELECT cid, data FROM block WHERE did = ?", (did,))
 
     def blocks_since(self, did: str, rev: str) -> Iterator[tuple[CID, bytes]]:
         """Blocks written by revisions after ``rev`` (for ``getRepo?since``)."""
@@ -333,7 +401,12 @@ class PdsDatabase(_RepoReads):
             (after_time, after_did, limit),
         ).fetchall()
         return [
-            (AccountRow(*row[:10]), (row[10], row[11]) if row[10] is not None else None)
+            (
+                AccountRow(*row[:_ACCOUNT_FIELDS]),
+                (row[_ACCOUNT_FIELDS], row[_ACCOUNT_FIELDS + 1])
+                if row[_ACCOUNT_FIELDS] is not None
+                else None,
+            )
             for row in rows
         ]
 
@@ -348,6 +421,16 @@ class PdsDatabase(_RepoReads):
 
     def count_records(self, did: str) -> int:
         return self._read.execute("SELECT COUNT(*) FROM record WHERE did = ?", (did,)).fetchone()[0]
+
+    def storage_use(self, did: str) -> tuple[int, int]:
+        """(bytes of repo blocks, bytes of blobs) the account takes."""
+        blocks = self._read.execute(
+            "SELECT COALESCE(SUM(LENGTH(data)), 0) FROM block WHERE did = ?", (did,)
+        ).fetchone()[0]
+        blobs = self._read.execute(
+            "SELECT COALESCE(SUM(size), 0) FROM blob WHERE did = ?", (did,)
+        ).fetchone()[0]
+        return int(blocks), int(blobs)
 
     # -- events ----------------------------------------------------------------
 
@@ -375,10 +458,15 @@ class PdsDatabase(_RepoReads):
     # -- record reads for the API (read-only) ------------------------------------
 
     def record(self, did: str, collection: str, rkey: str) -> tuple[CID, bytes] | None:
-        """(CID, block) of a current record, read in one statement (one snapshot)."""
+        """(CID, block) of a current record, read in one statement (one snapshot).
+
+        A record taken down by the operator reads as absent.
+        """
         row = self._read.execute(
             "SELECT r.cid, b.data FROM record r JOIN block b ON b.did = r.did AND b.cid = r.cid"
-            " WHERE r.did = ? AND r.collection = ? AND r.rkey = ?",
+            " WHERE r.did = ?1 AND r.collection = ?2 AND r.rkey = ?3 AND NOT EXISTS"
+            " (SELECT 1 FROM record_takedown t WHERE t.did = ?1 AND t.collection = ?2"
+            " AND t.rkey = ?3)",
             (did, collection, rkey),
         ).fetchone()
         return (CID.from_bytes(row[0]), row[1]) if row else None
@@ -390,6 +478,7 @@ class PdsDatabase(_RepoReads):
 
         Newest first (record keys descending, as the reference PDS lists them);
         ``reverse`` lists ascending. ``cursor`` is the last record key already seen.
+        Records taken down by the operator are left out.
         """
         order, compare = ("ASC", ">") if reverse else ("DESC", "<")
         where = "r.did = ? AND r.collection = ?"
@@ -401,7 +490,9 @@ class PdsDatabase(_RepoReads):
         rows = self._read.execute(
             "SELECT r.rkey, r.cid, b.data FROM record r"
             " JOIN block b ON b.did = r.did AND b.cid = r.cid"
-            f" WHERE {where} ORDER BY r.rkey {order} LIMIT ?",
+            f" WHERE {where} AND NOT EXISTS (SELECT 1 FROM record_takedown t"
+            " WHERE t.did = r.did AND t.collection = r.collection AND t.rkey = r.rkey)"
+            f" ORDER BY r.rkey {order} LIMIT ?",
             params,
         ).fetchall()
         return [(rkey, CID.from_bytes(cid), data) for rkey, cid, data in rows]
@@ -667,10 +758,12 @@ class PdsDatabase(_RepoReads):
         return out
 
     @staticmethod
-    def set_account_status_sql(did: str, status: str, reason: str | None) -> Statement:
+    def set_account_status_sql(
+        did: str, status: str, reason: str | None, delete_after: str | None = None
+    ) -> Statement:
         return (
-            "UPDATE account SET status = ?, status_reason = ? WHERE did = ?",
-            (status, reason, did),
+            "UPDATE account SET status = ?, status_reason = ?, delete_after = ? WHERE did = ?",
+            (status, reason, delete_after, did),
         )
 
     @staticmethod
@@ -682,15 +775,153 @@ class PdsDatabase(_RepoReads):
         ]
 
     @staticmethod
-    def delete_account_sql(did: str) -> list[Statement]:
-        """Every row of the account (its events too: the caller emits the deletion after)."""
+    def delete_account_sql(did: str, deleted_at: str) -> list[Statement]:
+        """Every row of the account (its events too: the caller emits the deletion
+        after), leaving a tombstone so later requests can tell it was deleted.
+        Messages already sent to the member stay in the outbox (the operator's record)."""
         tables = (
             "record_blob", "blob", "record", "block", "repo_root", "refresh_token",
-            "app_password", "preference", "event",
+            "app_password", "preference", "event", "email_token", "record_takedown",
+            "blob_takedown",
         )
         out: list[Statement] = [(f"DELETE FROM {t} WHERE did = ?", (did,)) for t in tables]
         out.append(("DELETE FROM account WHERE did = ?", (did,)))
+        out.append((
+            "INSERT INTO deleted_account (did, deleted_at) VALUES (?, ?)"
+            " ON CONFLICT (did) DO UPDATE SET deleted_at = excluded.deleted_at",
+            (did, deleted_at),
+        ))
         return out
+
+    @staticmethod
+    def forget_deletion_sql(did: str) -> Statement:
+        """The DID is hosted here again (an account brought back by migration)."""
+        return ("DELETE FROM deleted_account WHERE did = ?", (did,))
+
+    def deleted_at(self, did: str) -> str | None:
+        """When the account of ``did`` was deleted here (None: never, or hosted again)."""
+        row = self._read.execute(
+            "SELECT deleted_at FROM deleted_account WHERE did = ?", (did,)
+        ).fetchone()
+        return row[0] if row else None
+
+    # -- confirmation tokens and the outbox (messages to members) -----------------
+
+    def email_token(self, did: str, purpose: str) -> tuple[str, int] | None:
+        """(token, requested_at unix seconds) of the account's token for ``purpose``."""
+        row = self._read.execute(
+            "SELECT token, requested_at FROM email_token WHERE did = ? AND purpose = ?",
+            (did, purpose),
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    @staticmethod
+    def set_email_token_sql(did: str, purpose: str, token: str, requested_at: int) -> Statement:
+        """One live token per (account, purpose): a new request replaces the old token."""
+        return (
+            "INSERT INTO email_token (did, purpose, token, requested_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (did, purpose) DO UPDATE SET token = excluded.token,"
+            " requested_at = excluded.requested_at",
+            (did, purpose, token, requested_at),
+        )
+
+    @staticmethod
+    def delete_email_token_sql(did: str, purpose: str) -> Statement:
+        return ("DELETE FROM email_token WHERE did = ? AND purpose = ?", (did, purpose))
+
+    @staticmethod
+    def insert_outbox_sql(
+        did: str, recipient: str | None, purpose: str, subject: str, body: str,
+        token: str | None, created_at: str,
+    ) -> Statement:
+        return (
+            "INSERT INTO outbox (did, recipient, purpose, subject, body, token, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (did, recipient, purpose, subject, body, token, created_at),
+        )
+
+    def outbox(self, limit: int, before: int | None, did: str | None = None) -> list[OutboxRow]:
+        """Messages newest first, with ids below ``before``; only ``did``'s if given."""
+        where = "1"
+        params: list[Any] = []
+        if before is not None:
+            where += " AND id < ?"
+            params.append(before)
+        if did is not None:
+            where += " AND did = ?"
+            params.append(did)
+        rows = self._read.execute(
+            "SELECT id, did, recipient, purpose, subject, body, token, created_at FROM outbox"
+            f" WHERE {where} ORDER BY id DESC LIMIT ?",
+            (*params, limit),
+        ).fetchall()
+        return [OutboxRow(*row) for row in rows]
+
+    # -- record and blob takedowns ---------------------------------------------------
+
+    def record_takedown(self, did: str, collection: str, rkey: str) -> tuple[str | None] | None:
+        """``(ref,)`` if the record at that path is taken down, else None."""
+        row = self._read.execute(
+            "SELECT ref FROM record_takedown WHERE did = ? AND collection = ? AND rkey = ?",
+            (did, collection, rkey),
+        ).fetchone()
+        return (row[0],) if row else None
+
+    def blob_takedown(self, did: str, cid: CID) -> tuple[str | None] | None:
+        """``(ref,)`` if the account's blob is taken down, else None."""
+        row = self._read.execute(
+            "SELECT ref FROM blob_takedown WHERE did = ? AND cid = ?", (did, cid.bytes)
+        ).fetchone()
+        return (row[0],) if row else None
+
+    @staticmethod
+    def record_takedown_sql(
+        did: str, collection: str, rkey: str, applied: bool, ref: str | None, at: str
+    ) -> Statement:
+        if not applied:
+            return (
+                "DELETE FROM record_takedown WHERE did = ? AND collection = ? AND rkey = ?",
+                (did, collection, rkey),
+            )
+        return (
+            "INSERT INTO record_takedown (did, collection, rkey, ref, created_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (did, collection, rkey)"
+            " DO UPDATE SET ref = excluded.ref",
+            (did, collection, rkey, ref, at),
+        )
+
+    @staticmethod
+    def blob_takedown_sql(did: str, cid: CID, applied: bool, ref: str | None, at: str) -> Statement:
+        if not applied:
+            return ("DELETE FROM blob_takedown WHERE did = ? AND cid = ?", (did, cid.bytes))
+        return (
+            "INSERT INTO blob_takedown (did, cid, ref, created_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (did, cid) DO UPDATE SET ref = excluded.ref",
+            (did, cid.bytes, ref, at),
+        )
+
+    # -- migration progress (checkAccountStatus) ------------------------------------
+
+    def account_counts(self, did: str) -> dict[str, int]:
+        """Blocks, indexed records, private state values (preferences), blobs the
+        records reference and those of them held here."""
+        one = self._read.execute
+        return {
+            "repoBlocks": one("SELECT COUNT(*) FROM block WHERE did = ?", (did,)).fetchone()[0],
+            "indexedRecords": self.count_records(did),
+            "privateStateValues": one(
+                "SELECT COUNT(*) FROM preference WHERE did = ?", (did,)
+            ).fetchone()[0],
+            "expectedBlobs": one(
+                "SELECT COUNT(DISTINCT blob_cid) FROM record_blob WHERE did = ?", (did,)
+            ).fetchone()[0],
+            "importedBlobs": one(
+                "SELECT COUNT(*) FROM blob b WHERE b.did = ?1 AND b.temp_key IS NULL"
+                " AND EXISTS (SELECT 1 FROM record_blob rb WHERE rb.did = ?1"
+                " AND rb.blob_cid = b.cid)",
+                (did,),
+            ).fetchone()[0],
+        }
 
     # -- blobs (statements for the writer's transaction) ---------------------------
 

@@ -17,6 +17,7 @@ restarts.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -47,8 +48,15 @@ REPO_CACHE_SIZE = 1_000
 
 def utc_now() -> str:
     """Current time in the atproto datetime form (milliseconds, ``Z``)."""
-    now = datetime.now(timezone.utc)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+    ms = time.time_ns() // 1_000_000
+    second, milli = divmod(ms, 1000)
+    return f"{_second_prefix(second)}{milli:03d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _second_prefix(second: int) -> str:
+    """``YYYY-MM-DDTHH:MM:SS.`` of a Unix second (formatted once per second)."""
+    return datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.")
 
 
 @dataclass(slots=True)
@@ -105,16 +113,24 @@ class WriteContext:
         return data
 
     def _record_commit(self, did: str, repo: Repo, blocks: AccountBlocks, data: CommitData) -> None:
+        """The commit's rows: its blocks in, the record index, the blocks it
+        took out of the repo gone, the new root, and its ``#commit`` event.
+
+        The block table holds exactly the blocks of each account's current
+        commit (getRepo streams it as is), so the previous commit block and
+        the MST nodes the edits replaced are deleted in the same transaction.
+        """
         self.touched[did] = (repo, blocks)
         rev = data.rev
-        for cid, block in blocks.take_pending().items():
-            # a block written again (same content) takes the new rev: getRepo?since
-            # must include it for the new revision
-            self.execute(
-                "INSERT INTO block (did, cid, data, rev) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (did, cid) DO UPDATE SET rev = excluded.rev",
-                did, cid.bytes, block, rev,
-            )
+        # a block written again (same content) takes the new rev: getRepo?since
+        # must include it for the new revision
+        items = list(blocks.take_pending().items())
+        for start in range(0, len(items), _SQL_ROWS):
+            chunk = items[start : start + _SQL_ROWS]
+            params: list[Any] = []
+            for cid, block in chunk:
+                params += (did, cid.bytes, block, rev)
+            self.execute(_insert_blocks_sql(len(chunk)), *params)
         for op in data.ops:
             collection, _, rkey = op.path.partition("/")
             if op.cid is None:
@@ -136,8 +152,12 @@ class WriteContext:
                     " (SELECT 1 FROM record WHERE did = ? AND cid = ?)",
                     did, op.prev.bytes, did, op.prev.bytes,
                 )
-        for cid in data.removed_nodes():
-            self.execute("DELETE FROM block WHERE did = ? AND cid = ?", did, cid.bytes)
+        gone = [cid.bytes for cid in data.removed_nodes()]
+        if data.prev_commit is not None and data.prev_commit != data.cid:
+            gone.append(data.prev_commit.bytes)
+        for start in range(0, len(gone), _SQL_ROWS):
+            chunk = gone[start : start + _SQL_ROWS]
+            self.execute(_delete_blocks_sql(len(chunk)), did, *chunk)
         self.execute(
             "INSERT INTO repo_root (did, cid, rev, data) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (did) DO UPDATE SET cid = excluded.cid, rev = excluded.rev,"
@@ -170,6 +190,33 @@ class WriteContext:
             "#sync",
             {"did": did, "rev": commit.rev, "blocks": car_bytes([commit.cid], {commit.cid: commit.block})},
         )
+
+
+#: Rows bound into one multi-row statement at most (4 parameters a row, far
+#: below SQLite's 32766-parameter limit).
+_SQL_ROWS = 500
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_blocks_sql(n: int) -> str:
+    """One statement upserting ``n`` blocks (fewer statements: less work per commit)."""
+    return (
+        "INSERT INTO block (did, cid, data, rev) VALUES "
+        + ", ".join(["(?, ?, ?, ?)"] * n)
+        + " ON CONFLICT (did, cid) DO UPDATE SET rev = excluded.rev"
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_events_sql(n: int) -> str:
+    """One statement adding ``n`` events."""
+    return "INSERT INTO event (seq, did, time_ms, frame) VALUES " + ", ".join(["(?, ?, ?, ?)"] * n)
+
+
+@functools.lru_cache(maxsize=64)
+def _delete_blocks_sql(n: int) -> str:
+    """One statement deleting ``n`` blocks of an account (parameters: did, cids)."""
+    return f"DELETE FROM block WHERE did = ? AND cid IN ({', '.join('?' * n)})"
 
 
 def _op_json(op: Any) -> dict[str, Any]:
@@ -314,16 +361,17 @@ class Writer:
         frames: list[tuple[int, bytes]] = []
         now_ms = int(time.time() * 1000)
         now = utc_now()
+        rows: list[Any] = []
         for event in ctx.events:
             self._last_seq += 1
             seq = self._last_seq
             body = {"seq": seq, "time": now, **event.body}
             frame = encode_frame(event.type, body)
-            ctx.execute(
-                "INSERT INTO event (seq, did, time_ms, frame) VALUES (?, ?, ?, ?)",
-                seq, event.did, now_ms, frame,
-            )
+            rows += (seq, event.did, now_ms, frame)
             frames.append((seq, frame))
+        for start in range(0, len(rows), 4 * _SQL_ROWS):
+            chunk = rows[start : start + 4 * _SQL_ROWS]
+            ctx.execute(_insert_events_sql(len(chunk) // 4), *chunk)
         if frames:
             ctx.execute(
                 "INSERT INTO meta (key, value) VALUES ('last_seq', ?)"

@@ -95,6 +95,7 @@ __all__ = [
     "SCOPE_SIGNUP_QUEUED",
     "SCOPE_TAKENDOWN",
     "UNAUTHENTICATED",
+    "VERIFIED_TOKEN_CACHE_SIZE",
     "AdminAuth",
     "AdminCredentials",
     "AuthMissing",
@@ -132,6 +133,8 @@ ACCESS_SCOPES: Final = frozenset({SCOPE_ACCESS, SCOPE_APP_PASS_PRIVILEGED, SCOPE
 PRIVILEGED_SCOPES: Final = frozenset({SCOPE_ACCESS, SCOPE_APP_PASS_PRIVILEGED})
 #: "Full-access" routes: the main password only.
 FULL_ACCESS_SCOPES: Final = frozenset({SCOPE_ACCESS})
+#: Session tokens a :class:`SessionAuth` remembers as verified (then it starts over).
+VERIFIED_TOKEN_CACHE_SIZE: Final = 10_000
 
 _SERVICE_ALGS: Final = frozenset({"ES256K", "ES256"})
 
@@ -248,6 +251,12 @@ class SessionAuth:
     the credentials once the token verifies: it raises (for instance
     ``ExpiredToken`` for a revoked refresh token, or an account-status error)
     or returns replacement credentials or None.
+
+    A client sends the same token with every request, so tokens that verified
+    are remembered (at most :data:`VERIFIED_TOKEN_CACHE_SIZE`) with their
+    expiry: a repeat skips the parse and the MAC but not the expiry test nor
+    ``check``. Everything else verification decides depends only on the
+    token's bytes and this verifier's fixed settings.
     """
 
     def __init__(
@@ -276,6 +285,8 @@ class SessionAuth:
         self.scopes = frozenset(default_scopes if scopes is None else scopes)
         self.check = check
         self.clock = clock
+        #: token -> (exp, credentials) of tokens that verified
+        self._verified: dict[str, tuple[float, SessionCredentials]] = {}
 
     def accepts(self, conn: HTTPConnection) -> bool:
         token = bearer_token(conn)
@@ -285,10 +296,24 @@ class SessionAuth:
         token = bearer_token(conn)
         if token is None:
             raise _challenge(AuthMissing("Authentication Required"), "Bearer")
+        now = self.clock()
+        known = self._verified.get(token)
+        if known is not None:
+            if now > known[0]:
+                del self._verified[token]
+                raise ExpiredToken("Token has expired")
+            creds = known[1]
+        else:
+            creds = self._verify(token, now)
+        if self.check is not None:
+            replaced = await self.check(creds)
+            if replaced is not None:
+                creds = replaced
+        return creds
+
+    def _verify(self, token: str, now: float) -> SessionCredentials:
         try:
-            payload = verify_hs256_jwt(
-                token, self.secret, typ=self._typ, aud=self.audience, now=self.clock()
-            )
+            payload = verify_hs256_jwt(token, self.secret, typ=self._typ, aud=self.audience, now=now)
         except JwtExpired:
             raise ExpiredToken("Token has expired") from None
         except JwtError as exc:
@@ -304,10 +329,9 @@ class SessionAuth:
         creds = SessionCredentials(
             did=payload["sub"], scope=scope, token_type=self.token_type, jti=jti, payload=payload
         )
-        if self.check is not None:
-            replaced = await self.check(creds)
-            if replaced is not None:
-                creds = replaced
+        if len(self._verified) >= VERIFIED_TOKEN_CACHE_SIZE:
+            self._verified.clear()
+        self._verified[token] = (payload["exp"], creds)
         return creds
 
 

@@ -57,6 +57,7 @@ __all__ = [
     "CarReader",
     "CarWriter",
     "car_bytes",
+    "car_sections",
     "encode_car_header",
     "read_car",
     "read_car_single_root",
@@ -503,6 +504,29 @@ def write_car(
             size = 0
     if parts:
         yield b"".join(parts)
+
+
+def car_sections(rows: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """CAR block sections for ``(binary CID, block)`` rows, joined (no header).
+
+    For blocks read back from our own storage, where the CID is already in
+    its binary form: nothing is parsed or hashed.
+    """
+    parts: list[bytes] = []
+    append = parts.append
+    one_byte = _ONE_BYTE_VARINTS
+    pack_two = _pack_two
+    for raw, data in rows:
+        n = len(raw) + len(data)
+        if n < 0x80:
+            append(one_byte[n])
+        elif n < 0x4000:
+            append(pack_two((n & 0x7F) | 0x80, n >> 7))
+        else:
+            append(_varint(n))
+        append(raw)
+        append(data)
+    return b"".join(parts)
 
 
 def car_bytes(

@@ -21,12 +21,18 @@ untouched node with the old one; both stay valid. New nodes live in memory
 hashed when a CID is asked for, so a batch of edits encodes each final node
 once. :meth:`MST.new_blocks` lists the nodes a store does not have yet.
 
+Each edited tree also remembers the *stored* nodes its edits replaced
+(:attr:`MST.dropped`, accumulated over a chain of edits until
+:meth:`MST.settled`): with the new nodes, that gives the blocks a commit
+removes without diffing the two trees (:meth:`MST.removed_since_settled`).
+
 Keys are ``str`` (repo paths are ASCII; arbitrary UTF-8 keys work too) and
 compare as their UTF-8 bytes do.
 """
 
 from __future__ import annotations
 
+import functools
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -55,6 +61,8 @@ __all__ = [
 MAX_LAYER = 32
 #: Nodes kept decoded in a NodeStore before its cache is reset.
 NODE_CACHE_SIZE = 200_000
+#: Key pairs whose shared prefix length is remembered (for node encoding).
+PREFIX_CACHE_SIZE = 8_192
 
 _sha256 = sha256
 
@@ -130,17 +138,21 @@ class Node:
 
     def _encode(self) -> bytes:
         entries = []
-        prev = b""
+        prev: str | None = None
         subs = self.subs
         vals = self.vals
         for i, key in enumerate(self.keys):
-            kb = key.encode()
-            p = common_prefix_len(prev, kb) if prev else 0
+            p = _shared_prefix(prev, key) if prev is not None else 0
             t = subs[i + 1]
             entries.append(
-                {"k": kb[p:], "p": p, "t": t if t is None or type(t) is CID else t.cid, "v": vals[i]}
+                {
+                    "k": key.encode()[p:],
+                    "p": p,
+                    "t": t if t is None or type(t) is CID else t.cid,
+                    "v": vals[i],
+                }
             )
-            prev = kb
+            prev = key
         left = subs[0]
         return cbor.encode(
             {"e": entries, "l": left if left is None or type(left) is CID else left.cid},
@@ -149,6 +161,13 @@ class Node:
 
     def __repr__(self) -> str:
         return f"Node(layer={self.layer}, keys={len(self.keys)})"
+
+
+@functools.lru_cache(maxsize=PREFIX_CACHE_SIZE)
+def _shared_prefix(prev: str, key: str) -> int:
+    """Bytes of UTF-8 prefix two keys share. Memoized: an edit re-encodes the
+    nodes on its path, whose neighbouring key pairs are mostly unchanged."""
+    return common_prefix_len(prev.encode(), key.encode())
 
 
 def _empty(layer: int) -> Node:
@@ -316,13 +335,42 @@ class MstDiff:
 
 
 class MST:
-    """An immutable MST value over a :class:`NodeStore`."""
+    """An immutable MST value over a :class:`NodeStore`.
 
-    __slots__ = ("store", "root")
+    ``dropped``: the stored nodes that the edits leading to this tree (since
+    the last settled tree) replaced or cut off; see :meth:`removed_since_settled`.
+    """
 
-    def __init__(self, store: NodeStore, root: Node) -> None:
+    __slots__ = ("store", "root", "dropped")
+
+    def __init__(self, store: NodeStore, root: Node, dropped: tuple[Node, ...] = ()) -> None:
         self.store = store
         self.root = root
+        self.dropped = dropped
+
+    def _edited(self, root: Node, dropped: list[Node]) -> MST:
+        kept = tuple(node for node in dropped if node.stored)
+        return MST(self.store, root, self.dropped + kept if self.dropped else kept)
+
+    def settled(self) -> MST:
+        """The same tree with an empty edit history (after its blocks are stored)."""
+        return self if not self.dropped else MST(self.store, self.root)
+
+    def removed_since_settled(self, new_nodes: Iterable[Node] | None = None) -> set[CID]:
+        """CIDs of stored nodes the edits since the last settled tree took out.
+
+        Exactly the nodes of that earlier tree which this one no longer uses
+        (what :func:`diff` reports as ``removed_nodes``), found without
+        walking either tree: an edit copies the path it changes, so every
+        node it replaces is recorded as it goes. ``new_nodes``: this tree's
+        unstored nodes, if already listed (a rebuilt node may equal a replaced one).
+        """
+        if not self.dropped:
+            return set()
+        removed = {node.cid for node in self.dropped}
+        for node in self.unstored_nodes() if new_nodes is None else new_nodes:
+            removed.discard(node.cid)
+        return removed
 
     # -- construction ------------------------------------------------------
 
@@ -529,14 +577,32 @@ class MST:
         The search paths to the key and to its two neighbours: enough to
         invert a commit's op on this key (sync v1.1).
         """
-        seen: dict[int, Node] = {}
-        for node in self.path(key):
-            seen[id(node)] = node
-        for other in self.neighbours(key):
-            if other is not None:
-                for node in self.path(other):
-                    seen[id(node)] = node
-        return list(seen.values())
+        # The neighbours' paths share the key's path down to the node holding
+        # the key. Below it, the one before the key is the maximum of the
+        # subtree on its left (the right spine of that subtree), the one after
+        # it the minimum of the subtree on its right (the left spine). An
+        # absent key's neighbours are keys on its own path.
+        out: list[Node] = []
+        resolve = self.store.resolve
+        node = self.root
+        while True:
+            out.append(node)
+            keys = node.keys
+            i = bisect_left(keys, key)
+            if i < len(keys) and keys[i] == key:
+                break
+            sub = node.subs[i]
+            if sub is None:
+                return out
+            node = resolve(sub, node.layer - 1)
+        for sub, last in ((node.subs[i], -1), (node.subs[i + 1], 0)):
+            layer = node.layer - 1
+            while sub is not None:
+                child = resolve(sub, layer)
+                out.append(child)
+                sub = child.subs[last]
+                layer -= 1
+        return out
 
     # -- editing -----------------------------------------------------------
 
@@ -550,14 +616,16 @@ class MST:
         if h > MAX_LAYER:
             raise InvalidMst(f"key {key!r} has height {h}, above {MAX_LAYER}")
         root = self.root
+        dropped: list[Node] = []
         if root.is_empty:
+            dropped.append(root)
             root = _empty(h)
         while root.layer < h:
             root = Node(root.layer + 1, (), (), (root,))
-        new_root, old = self._insert(root, key, val, h)
+        new_root, old = self._insert(root, key, val, h, dropped)
         if new_root is self.root:
             return self, old
-        return MST(self.store, new_root), old
+        return self._edited(new_root, dropped), old
 
     def delete(self, key: str) -> MST:
         """A tree without ``key`` (the same tree if it was absent)."""
@@ -569,18 +637,25 @@ class MST:
         root = self.root
         if h > root.layer:
             return self, None
-        new_root, old = self._delete(root, key, h)
+        dropped: list[Node] = []
+        new_root, old = self._delete(root, key, h, dropped)
         if old is None:
             return self, None
-        while not new_root.keys:
+        while not new_root.keys:  # top-prune: keyless roots go
+            dropped.append(new_root)
             sub = new_root.subs[0]
             if sub is None:
                 new_root = _empty(0)
                 break
             new_root = self.store.resolve(sub, new_root.layer - 1)
-        return MST(self.store, new_root), old
+        return self._edited(new_root, dropped), old
 
-    def _insert(self, node: Node, key: str, val: CID, h: int) -> tuple[Node, CID | None]:
+    # The edit helpers below append to ``dropped`` every node they replace
+    # (a node returned unchanged is kept, not dropped).
+
+    def _insert(
+        self, node: Node, key: str, val: CID, h: int, dropped: list[Node]
+    ) -> tuple[Node, CID | None]:
         keys = node.keys
         i = bisect_left(keys, key)
         layer = node.layer
@@ -589,8 +664,10 @@ class MST:
                 old = node.vals[i]
                 if old == val:
                     return node, old
+                dropped.append(node)
                 return Node(layer, keys, node.vals[:i] + (val,) + node.vals[i + 1 :], node.subs), old
-            left, right = self._split(node.subs[i], key, layer - 1)
+            left, right = self._split(node.subs[i], key, layer - 1, dropped)
+            dropped.append(node)
             subs = node.subs
             return (
                 Node(
@@ -603,13 +680,14 @@ class MST:
             )
         sub = node.subs[i]
         child = _empty(layer - 1) if sub is None else self.store.resolve(sub, layer - 1)
-        new_child, old = self._insert(child, key, val, h)
+        new_child, old = self._insert(child, key, val, h, dropped)
         if new_child is child:
             return node, old
+        dropped.append(node)
         subs = node.subs
         return Node(layer, keys, node.vals, subs[:i] + (new_child,) + subs[i + 1 :]), old
 
-    def _split(self, sub: Sub, key: str, layer: int) -> tuple[Sub, Sub]:
+    def _split(self, sub: Sub, key: str, layer: int, dropped: list[Node]) -> tuple[Sub, Sub]:
         """Split a subtree into the parts below and above ``key`` (absent)."""
         if sub is None:
             return None, None
@@ -617,12 +695,13 @@ class MST:
         keys = node.keys
         i = bisect_left(keys, key)
         inner = node.subs[i]
-        low, high = self._split(inner, key, layer - 1)
+        low, high = self._split(inner, key, layer - 1, dropped)
         n = len(keys)
         if i == n and low is inner:
             return sub, None
         if i == 0 and high is inner:
             return None, sub
+        dropped.append(node)
         subs = node.subs
         left = Node(layer, keys[:i], node.vals[:i], subs[:i] + (low,)) if i or low is not None else None
         right = (
@@ -632,7 +711,9 @@ class MST:
         )
         return left, right
 
-    def _delete(self, node: Node, key: str, h: int) -> tuple[Node, CID | None]:
+    def _delete(
+        self, node: Node, key: str, h: int, dropped: list[Node]
+    ) -> tuple[Node, CID | None]:
         keys = node.keys
         i = bisect_left(keys, key)
         layer = node.layer
@@ -640,7 +721,8 @@ class MST:
         if h == layer:
             if i == len(keys) or keys[i] != key:
                 return node, None
-            merged = self._merge(subs[i], subs[i + 1], layer - 1)
+            merged = self._merge(subs[i], subs[i + 1], layer - 1, dropped)
+            dropped.append(node)
             return (
                 Node(
                     layer,
@@ -654,13 +736,14 @@ class MST:
         if sub is None:
             return node, None
         child = self.store.resolve(sub, layer - 1)
-        new_child, old = self._delete(child, key, h)
+        new_child, old = self._delete(child, key, h, dropped)
         if old is None:
             return node, None
+        dropped.append(node)
         replacement: Sub = None if new_child.is_empty else new_child
         return Node(layer, keys, node.vals, subs[:i] + (replacement,) + subs[i + 1 :]), old
 
-    def _merge(self, a: Sub, b: Sub, layer: int) -> Sub:
+    def _merge(self, a: Sub, b: Sub, layer: int, dropped: list[Node]) -> Sub:
         """Join two adjacent subtrees of the same layer."""
         if a is None:
             return b
@@ -668,7 +751,9 @@ class MST:
             return a
         left = self.store.resolve(a, layer)
         right = self.store.resolve(b, layer)
-        mid = self._merge(left.subs[-1], right.subs[0], layer - 1)
+        mid = self._merge(left.subs[-1], right.subs[0], layer - 1, dropped)
+        dropped.append(left)
+        dropped.append(right)
         return Node(
             layer,
             left.keys + right.keys,

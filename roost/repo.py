@@ -153,10 +153,20 @@ class CommitData:
     blocks: dict[CID, bytes]
     old_tree: MST
     new_tree: MST
+    #: MST nodes of the old tree the new one no longer uses (None: not yet known).
+    removed: set[CID] | None = None
+    #: The commit this one replaces (None for a repo's first commit).
+    prev_commit: CID | None = None
 
     def removed_nodes(self) -> set[CID]:
-        """MST nodes of the previous tree that the new one no longer uses (exact diff)."""
-        return self.old_tree.diff(self.new_tree).removed_nodes
+        """MST nodes of the previous tree that the new one no longer uses (exact).
+
+        Known from the edits themselves for commits made by :class:`Repo`;
+        otherwise found by diffing the two trees.
+        """
+        if self.removed is None:
+            self.removed = self.old_tree.diff(self.new_tree).removed_nodes
+        return self.removed
 
     @property
     def cid(self) -> CID:
@@ -406,6 +416,7 @@ def _commit(
     # Nodes built by this commit's edits: a superset of the new tree's nodes
     # that the old one lacks (an edit may rebuild a node identical to an old one).
     unstored = new.unstored_nodes()
+    removed = None if tree.dropped else new.removed_since_settled(unstored)
     to_store = {node.cid: node.block for node in unstored}
     slice_blocks: dict[CID, bytes] = {commit.cid: commit.block, new.cid: new.root.block}
     slice_blocks.update(to_store)
@@ -427,8 +438,10 @@ def _commit(
         blocks=slice_blocks,
         old_tree=tree,
         new_tree=new,
+        removed=removed,
+        prev_commit=head.cid if head is not None else None,
     )
-    return Repo(blocks, commit, new), result
+    return Repo(blocks, commit, new.settled()), result
 
 
 def _tree_blocks(tree: MST, blocks: BlockStore) -> Iterator[tuple[CID, bytes]]:

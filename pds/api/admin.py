@@ -10,7 +10,20 @@ Account statuses kept in ``account.status``:
 ``updateSubjectStatus`` on a ``repoRef`` drives them: ``takedown {applied}``
 takes an account down or restores it; ``deactivated {applied: false}`` approves
 a pending application (or reactivates), ``deactivated {applied: true, ref}``
-on a pending application rejects it with ``ref`` as the reason.
+on a pending application rejects it with ``ref`` as the reason. An approved
+application of an account migrating in (its DID document does not name this
+server yet) becomes ``deactivated``: its holder activates it once the
+document is updated.
+
+Records and blobs are taken down one by one: ``takedown`` on a
+``com.atproto.repo.strongRef`` (the record's AT-URI; its ``cid`` is not
+checked) hides the record from ``getRecord``, ``listRecords`` and
+``sync.getRecord``; on a ``com.atproto.admin.defs#repoBlobRef`` it stops
+``sync.getBlob`` serving the blob. ``ref`` is the reason, kept with it.
+``getSubjectStatus`` answers for ``did``, ``uri`` or ``did`` + ``blob``.
+
+``org.roost.admin.listOutbox`` lists the messages waiting for members
+(confirmation tokens: roost sends no email), newest first.
 """
 
 from __future__ import annotations
@@ -20,7 +33,9 @@ import secrets
 from typing import Any
 
 from roost.auth import AdminAuth, Credentials
-from roost.errors import AuthRequired, RoostError
+from roost.cid import CID
+from roost.errors import AuthRequired, RecordNotFound, RoostError
+from roost.syntax import AtUri
 from roost.xrpc import XrpcContext, XrpcRouter
 
 from pds.context import PdsContext, pds
@@ -34,6 +49,8 @@ __all__ = ["ADMIN", "register"]
 MAX_CODES_PER_CALL = 1_000
 MAX_CODE_USES = 100_000
 _REPO_REF = "com.atproto.admin.defs#repoRef"
+_STRONG_REF = "com.atproto.repo.strongRef"
+_BLOB_REF = "com.atproto.admin.defs#repoBlobRef"
 
 
 class _Admin:
@@ -67,6 +84,7 @@ def register(router: XrpcRouter) -> None:
     router.procedure("com.atproto.admin.updateAccountPassword", auth=ADMIN)(
         update_account_password
     )
+    router.query("org.roost.admin.listOutbox", auth=ADMIN)(list_outbox)
 
 
 def _run(w: WriteContext, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
@@ -173,9 +191,11 @@ def account_view(p: PdsContext, account: AccountRow) -> dict[str, Any]:
             invite_code_view(p.db, row)
             for row in p.db.invite_codes(1000, None, for_did=account.did)
         ],
-        # roost extensions: the account's status, why, and its application
+        # roost extensions: the account's status, why, its application and storage
         "roostStatus": account.status,
     }
+    repo_bytes, blob_bytes = p.db.storage_use(account.did)
+    out["roostStorage"] = {"repoBytes": repo_bytes, "blobBytes": blob_bytes}
     if account.email:
         out["email"] = account.email
     if account.invite_code:
@@ -184,6 +204,8 @@ def account_view(p: PdsContext, account: AccountRow) -> dict[str, Any]:
             out["invitedBy"] = invite_code_view(p.db, row)
     if account.status_reason:
         out["roostStatusReason"] = account.status_reason
+    if account.delete_after:
+        out["roostDeleteAfter"] = account.delete_after
     if account.application:
         out["roostApplication"] = json.loads(account.application)
     return out
@@ -218,12 +240,6 @@ async def search_accounts(ctx: XrpcContext) -> dict[str, Any]:
 # -- moderation -----------------------------------------------------------------------------
 
 
-def _repo_subject(subject: Any) -> str:
-    if not isinstance(subject, dict) or subject.get("$type") != _REPO_REF:
-        raise RoostError("Only account subjects (com.atproto.admin.defs#repoRef) are supported")
-    return subject["did"]  # type: ignore[no-any-return]
-
-
 def _set_status(w: WriteContext, account: AccountRow, status: str, reason: str | None) -> None:
     """Change the account's status and emit what event-stream.md §6 asks for."""
     did = account.did
@@ -233,23 +249,73 @@ def _set_status(w: WriteContext, account: AccountRow, status: str, reason: str |
         w.event(did, "#identity", {"did": did, "handle": account.handle})
         if w.repo(did) is not None:
             w.sync_event(did)
-    else:
-        # applications awaiting review or refused are "deactivated" downstream
-        shown = status if status in ("takendown", "suspended", "deactivated") else "deactivated"
-        w.event(did, "#account", {"did": did, "active": False, "status": shown})
+    elif account.active or _shown(account.status) != _shown(status):
+        w.event(did, "#account", {"did": did, "active": False, "status": _shown(status)})
+
+
+def _shown(status: str) -> str:
+    """An inactive status as downstream services see it: applications awaiting
+    review or refused are "deactivated"."""
+    return status if status in ("takendown", "suspended", "deactivated") else "deactivated"
 
 
 def _flat(statement: tuple[str, tuple[Any, ...]]) -> tuple[Any, ...]:
     return (statement[0], *statement[1])
 
 
+def _record_path(uri: str) -> tuple[str, str, str]:
+    """(did, collection, rkey) of a record AT-URI with a DID authority."""
+    parsed = AtUri.parse(uri)
+    if not parsed.authority_is_did or parsed.collection is None or parsed.rkey is None:
+        raise RoostError(f"Not a record AT-URI with a DID: {uri}")
+    return parsed.authority, parsed.collection, parsed.rkey
+
+
 async def update_subject_status(ctx: XrpcContext) -> dict[str, Any]:
     p = pds(ctx)
     subject = ctx.input["subject"]
-    did = _repo_subject(subject)
-    _account(p, did)
+    kind = subject.get("$type") if isinstance(subject, dict) else None
     takedown = ctx.input.get("takedown")
-    deactivated = ctx.input.get("deactivated")
+    out: dict[str, Any] = {"subject": subject}
+    if takedown is not None:
+        out["takedown"] = takedown
+    if kind == _REPO_REF:
+        await _update_account_status(p, subject["did"], takedown, ctx.input.get("deactivated"))
+        return out
+    if kind not in (_STRONG_REF, _BLOB_REF):
+        raise RoostError("Invalid subject")
+    if ctx.input.get("deactivated") is not None:
+        raise RoostError("Only accounts can be deactivated")
+    if takedown is None:
+        return out
+    applied, ref, now = bool(takedown["applied"]), takedown.get("ref"), utc_now()
+    if kind == _STRONG_REF:
+        did, collection, rkey = _record_path(subject["uri"])
+        _account(p, did)
+        if applied and p.db.record_cid(did, collection, rkey) is None:
+            raise RecordNotFound(f"Could not locate record: {subject['uri']}")
+        statement = PdsDatabase.record_takedown_sql(did, collection, rkey, applied, ref, now)
+    else:
+        did, cid = subject["did"], CID.from_str(subject["cid"])
+        _account(p, did)
+        if applied and p.db.blob(did, cid) is None:
+            raise RoostError(f"Blob not found: {cid}")
+        statement = PdsDatabase.blob_takedown_sql(did, cid, applied, ref, now)
+    await p.writer.submit(lambda w: w.execute(*_flat(statement)))
+    return out
+
+
+async def _update_account_status(
+    p: PdsContext, did: str, takedown: dict[str, Any] | None, deactivated: dict[str, Any] | None
+) -> None:
+    account = _account(p, did)
+    approving = (
+        deactivated is not None and not deactivated["applied"] and account.status == "pending"
+    )
+    # an approved application of an account migrating in waits for its DID document
+    approved_status = "active"
+    if approving and not await _hosted_here(p, account):
+        approved_status = "deactivated"
 
     def job(w: WriteContext) -> None:
         account = w.db.account(did)
@@ -267,23 +333,56 @@ async def update_subject_status(ctx: XrpcContext) -> dict[str, Any]:
                     status, reason = "rejected", deactivated.get("ref")
                 elif status == "active":
                     status, reason = "deactivated", deactivated.get("ref")
-            elif status in ("pending", "rejected", "deactivated"):
+            elif status == "pending":
+                status, reason = approved_status, None
+            elif status in ("rejected", "deactivated"):
                 status, reason = "active", None
         if (status, reason) != (account.status, account.status_reason):
             _set_status(w, account, status, reason)
 
     await p.writer.submit(job)
-    out: dict[str, Any] = {"subject": subject}
-    if takedown is not None:
-        out["takedown"] = takedown
+
+
+async def _hosted_here(p: PdsContext, account: AccountRow) -> bool:
+    from pds.api.account import check_did_document  # noqa: PLC0415 (account imports admin's module)
+
+    try:
+        await check_did_document(p, account)
+    except RoostError:
+        return False
+    return True
+
+
+def _takedown_attr(row: tuple[str | None] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"applied": row is not None}
+    if row is not None and row[0]:
+        out["ref"] = row[0]
     return out
 
 
 async def get_subject_status(ctx: XrpcContext) -> dict[str, Any]:
     p = pds(ctx)
-    did = ctx.params.get("did")
+    params = ctx.params
+    uri, blob, did = params.get("uri"), params.get("blob"), params.get("did")
+    if uri is not None:
+        did, collection, rkey = _record_path(uri)
+        cid = p.db.record_cid(did, collection, rkey)
+        if cid is None:
+            raise RecordNotFound(f"Could not locate record: {uri}")
+        return {
+            "subject": {"$type": _STRONG_REF, "uri": uri, "cid": str(cid)},
+            "takedown": _takedown_attr(p.db.record_takedown(did, collection, rkey)),
+        }
     if did is None:
-        raise RoostError("Only account subjects (did) are supported")
+        raise RoostError("Currently, only did, uri, or did + blob lookups are supported")
+    if blob is not None:
+        cid = CID.from_str(blob)
+        if p.db.blob(did, cid) is None:
+            raise RoostError(f"Blob not found: {blob}")
+        return {
+            "subject": {"$type": _BLOB_REF, "did": did, "cid": blob},
+            "takedown": _takedown_attr(p.db.blob_takedown(did, cid)),
+        }
     account = _account(p, did)
     takedown: dict[str, Any] = {"applied": account.status == "takendown"}
     if account.status == "takendown" and account.status_reason:
@@ -303,8 +402,9 @@ async def delete_account(ctx: XrpcContext) -> None:
 
 
 async def remove_account(p: PdsContext, did: str) -> None:
-    """Delete every row and blob of the account; emit ``#account`` "deleted"."""
-    statements = PdsDatabase.delete_account_sql(did)
+    """Delete every row and blob of the account, keep a tombstone (later requests
+    learn it was deleted); emit ``#account`` "deleted"."""
+    statements = PdsDatabase.delete_account_sql(did, utc_now())
 
     def job(w: WriteContext) -> None:
         if w.db.account(did) is None:
@@ -327,3 +427,37 @@ async def update_account_password(ctx: XrpcContext) -> None:
     password_hash = await hash_password_async(password)
     statements = PdsDatabase.update_password_sql(did, password_hash)
     await p.writer.submit(lambda w: _run(w, statements))
+
+
+# -- the outbox -----------------------------------------------------------------------------
+
+
+async def list_outbox(ctx: XrpcContext) -> dict[str, Any]:
+    p = pds(ctx)
+    limit: int = ctx.params["limit"]
+    cursor = ctx.params.get("cursor")
+    before: int | None = None
+    if cursor is not None:
+        if not cursor.isdigit():
+            raise RoostError("Invalid cursor")
+        before = int(cursor)
+    rows = p.db.outbox(limit, before, ctx.params.get("did"))
+    messages = []
+    for row in rows:
+        message: dict[str, Any] = {
+            "id": row.id,
+            "did": row.did,
+            "purpose": row.purpose,
+            "subject": row.subject,
+            "body": row.body,
+            "createdAt": row.created_at,
+        }
+        if row.recipient:
+            message["recipient"] = row.recipient
+        if row.token:
+            message["token"] = row.token
+        messages.append(message)
+    out: dict[str, Any] = {"messages": messages}
+    if len(rows) == limit:
+        out["cursor"] = str(rows[-1].id)
+    return out

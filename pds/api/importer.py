@@ -7,9 +7,19 @@ root, every block hash, ``commit.did`` is the account, canonical MST, valid
 paths; record blocks may be missing and are skipped), then one writer job
 replaces the account's repo: blocks, record index, the records' blob
 references (which ``listMissingBlobs`` then reports until uploaded), and the
-root. The imported commit was signed by the old host's key, so a fresh commit
+root.
+
+The commit's signature must verify with a key the DID has held: the
+``#atproto`` key of its current document (the old host's during a
+migration), the account's key here (a re-import of an export), or, for
+did:plc, any ``atproto`` key of the DID's operation log (a repo exported
+before the DID moved). A CAR signed by anyone else is refused.
+
+The imported commit was signed by the old host's key, so a fresh commit
 over the same data is signed here with the account's key, with a rev above
-both the imported one and the account's current one; ``#sync`` announces it.
+both the imported one and the account's current one. ``#sync`` announces it
+if the account is active; an account migrating in is deactivated and stays
+silent until ``activateAccount`` (``account-migration.md`` section 6).
 
 Cut for now: importing a ``since`` diff CAR (only whole repos are accepted;
 re-importing a whole repo is idempotent in content).
@@ -26,14 +36,23 @@ from roost.blockstore import MemoryBlockStore
 from roost.car import car_bytes
 from roost.cid import CID
 from roost.commit import sign_commit
-from roost.errors import PayloadTooLarge, RoostError
+from roost.crypto import PublicKey, parse_did_key
+from roost.errors import CryptoError, PayloadTooLarge, PlcError, RoostError
 from roost.mst import MST, NodeStore
 from roost.repo import Repo, RepoSummary, import_car
 from roost.xrpc import BodyStream, XrpcContext, XrpcRouter
 
 from pds.api.repo import find_blob_refs
 from pds.api.server import FULL_ACCESS
-from pds.context import PdsContext, pds, require_self, resolve_repo
+from pds.context import (
+    PdsContext,
+    UnresolvableDid,
+    pds,
+    require_self,
+    resolve_did_document,
+    resolve_repo,
+)
+from pds.sqlite import AccountRow
 from pds.sqlite import AccountBlocks, PdsDatabase
 from pds.writer import WriteContext
 
@@ -111,6 +130,45 @@ async def _read_body(stream: BodyStream) -> Any:
     return spool
 
 
+async def _did_keys(p: PdsContext, did: str) -> list[PublicKey]:
+    """Signing keys the DID holds or has held, current first (see the module docstring)."""
+    keys: list[PublicKey] = []
+    try:
+        doc = await resolve_did_document(p, did)
+    except UnresolvableDid:
+        doc = None
+    if doc is not None and doc.signing_key is not None:
+        keys.append(doc.signing_key)
+    if did.startswith("did:plc:"):
+        try:
+            log = await p.plc.get_log(did)
+        except (PlcError, RoostError):
+            log = []
+        for op in reversed(log):
+            state = op.normalized()
+            atproto = state.verification_methods.get("atproto") if state is not None else None
+            if atproto is None:
+                continue
+            try:
+                keys.append(parse_did_key(atproto))
+            except CryptoError:
+                continue
+    return keys
+
+
+async def _check_signature(p: PdsContext, account: AccountRow, staged: _Staged) -> None:
+    commit = staged.repo.commit
+    own = p.signing_key(account).public_key
+    if commit.verify(own):
+        return
+    for key in await _did_keys(p, account.did):
+        if commit.verify(key):
+            return
+    raise RoostError(
+        f"Invalid repo CAR: the commit is not signed by a key of {account.did}"
+    )
+
+
 async def import_repo(ctx: XrpcContext) -> None:
     p: PdsContext = pds(ctx)
     creds = ctx.auth
@@ -126,6 +184,7 @@ async def import_repo(ctx: XrpcContext) -> None:
         staged = await asyncio.to_thread(_stage, did, spool)
     finally:
         spool.close()
+    await _check_signature(p, account, staged)
     key = p.signing_key(account)
 
     def job(w: WriteContext) -> str:
@@ -156,11 +215,17 @@ async def import_repo(ctx: XrpcContext) -> None:
         blocks.pending[commit.cid] = commit.block
         tree = MST.load(NodeStore(blocks), data_cid)
         w.touched[did] = (Repo(blocks, commit, tree), blocks)
-        w.event(
-            did,
-            "#sync",
-            {"did": did, "rev": rev, "blocks": car_bytes([commit.cid], {commit.cid: commit.block})},
-        )
+        current_account = db.account(did)
+        if current_account is not None and current_account.active:
+            w.event(
+                did,
+                "#sync",
+                {
+                    "did": did,
+                    "rev": rev,
+                    "blocks": car_bytes([commit.cid], {commit.cid: commit.block}),
+                },
+            )
         return rev
 
     try:

@@ -26,7 +26,10 @@ exist"; ``deleteRecord``'s ``swapRecord`` likewise. A failed swap is
 ``commit`` in the answer), after the swaps are checked.
 
 Reads (``getRecord``, ``listRecords``, ``describeRepo``) need no auth and
-come from the record index, each in one SQL statement.
+come from the record index, each in one SQL statement; records the operator
+took down (``com.atproto.admin.updateSubjectStatus`` on a ``strongRef``) are
+left out, as if absent. The takedown holds for the record's AT-URI, whatever
+is written there later, until it is lifted.
 
 Blobs (``spec/data-model.md`` section 5). ``uploadBlob`` streams the body
 into the blob store's temporary area (the config's ``max_blob_bytes``,
@@ -84,10 +87,8 @@ from roost.cid import CID
 from roost.errors import (
     AuthRequired,
     CidError,
-    IdentityError,
     InvalidSwap,
     PayloadTooLarge,
-    PlcError,
     RecordNotFound,
     RepoDeactivated,
     RepoError,
@@ -96,7 +97,6 @@ from roost.errors import (
     RoostError,
     ValidationError,
 )
-from roost.identity import DidDocument
 from roost.limits import MAX_RECORD_BYTES
 from roost.ratelimit import RateLimit
 from roost.repo import MAX_COMMIT_OPS, CommitData, Repo, Write
@@ -104,7 +104,15 @@ from roost.xrpc import XrpcContext, XrpcRouter
 
 from pds.api.server import ACCESS
 from pds.blobstore import TEMP_GRACE_SECONDS, BlobNotFound, InvalidBlobKey, UploadedBlob
-from pds.context import PdsContext, pds, require_self, resolve_repo
+from pds.context import (
+    PdsContext,
+    UnresolvableDid,
+    pds,
+    require_active,
+    require_self,
+    resolve_did_document,
+    resolve_repo,
+)
 from pds.sqlite import AccountRow, BlobRow, PdsDatabase, Statement
 from pds.writer import WriteContext, utc_now
 
@@ -174,11 +182,11 @@ def inactive_error(account: AccountRow) -> RoostError:
 
 
 def _writable(ctx: XrpcContext, p: PdsContext, repo: str) -> AccountRow:
-    """The caller's own, active account named by ``repo``."""
+    """The caller's own, active account named by ``repo`` (a deactivated one is
+    ``401 AccountDeactivated``: its holder may have moved to another host)."""
     account = resolve_repo(p, repo)
     require_self(ctx, account)
-    if not account.active:
-        raise inactive_error(account)
+    require_active(account)
     return account
 
 
@@ -681,17 +689,14 @@ async def describe_repo(ctx: XrpcContext) -> dict[str, Any]:
     p = pds(ctx)
     account = _readable(p, ctx.params["repo"])
     did = account.did
-    if not did.startswith("did:plc:"):
-        raise RoostError(f"Could not resolve DID: {did}")
     try:
-        raw = await p.plc.get_document(did)
-        doc = DidDocument.parse(raw, did=did)
-    except (IdentityError, PlcError) as exc:
-        raise RoostError(f"Could not resolve DID: {exc.message}") from None
+        doc = await resolve_did_document(p, did)
+    except UnresolvableDid as exc:
+        raise RoostError(exc.message) from None
     return {
         "handle": account.handle,
         "did": did,
-        "didDoc": raw,
+        "didDoc": dict(doc.raw),
         "collections": p.db.list_collections(did),
         "handleIsCorrect": doc.handle == account.handle,
     }

@@ -1,4 +1,14 @@
-"""``com.atproto.server.*``: server description, accounts and sessions."""
+"""``com.atproto.server.*``: server description, accounts and sessions.
+
+``createAccount`` makes a new did:plc for a new member; given an existing
+``did`` and a service-auth token from the DID's current host (``aud`` this
+server, ``lxm`` createAccount, signed by the DID's ``#atproto`` key) it takes
+in an account migrating here, deactivated and silent until it is activated
+(:mod:`pds.api.account`). ``createSession`` is rate limited per identifier
+and client address (:data:`LOGIN_LIMITS`), before the password is checked.
+The rest of the account lifecycle is in :mod:`pds.api.account`; the
+operator's methods in :mod:`pds.api.admin`.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +24,11 @@ from roost.auth import (
     SCOPE_APP_PASS_PRIVILEGED,
     SCOPE_REFRESH,
     InvalidToken,
+    ServiceAuth,
+    ServiceCredentials,
     SessionCredentials,
+    bearer_token,
+    optional,
 )
 from roost.crypto import PrivateKey, parse_did_key
 from roost.errors import (
@@ -28,11 +42,13 @@ from roost.errors import (
     RoostError,
     UnsupportedDomain,
 )
+from roost.identity import HandleResolver
 from roost.jwt import ACCESS_TOKEN_TYP, REFRESH_TOKEN_TYP, create_hs256_jwt
-from roost.syntax import is_valid_handle
+from roost.ratelimit import RateLimit
+from roost.syntax import ensure_handle, is_disallowed_handle_tld, is_valid_handle
 from roost.xrpc import XrpcContext, XrpcRouter
 
-from pds.context import PdsContext, pds
+from pds.context import PdsContext, pds, resolve_signing_key
 from pds.passwords import (
     app_password_digest,
     generate_app_password,
@@ -47,7 +63,9 @@ __all__ = [
     "ACCESS",
     "ACCESS_TOKEN_SECONDS",
     "FULL_ACCESS",
+    "LOGIN_LIMITS",
     "REFRESH_TOKEN_SECONDS",
+    "check_external_handle",
     "check_handle",
     "full_access",
     "issue_session",
@@ -66,11 +84,20 @@ MAX_HANDLE_LABEL = 18
 MAX_APP_PASSWORD_NAME = 100
 #: Longest application (all answers together).
 MAX_APPLICATION_CHARS = 10_000
+#: Login attempts (the reference PDS's budgets), counted per identifier and client
+#: address together: guessing one account's password from one place is slowed
+#: down, and nobody elsewhere can lock its holder out.
+LOGIN_LIMITS = (
+    RateLimit("create-session-5min", 30, 300, per="ip"),
+    RateLimit("create-session-day", 300, 86_400, per="ip"),
+)
 
 
 def register(router: XrpcRouter) -> None:
     router.query("com.atproto.server.describeServer")(describe_server)
-    router.procedure("com.atproto.server.createAccount")(create_account)
+    router.procedure("com.atproto.server.createAccount", auth=optional(_MigrationAuth()))(
+        create_account
+    )
     router.procedure("com.atproto.server.createSession")(create_session)
 
     # verifiers are built in the lifespan, so resolve them per request
@@ -84,9 +111,10 @@ def register(router: XrpcRouter) -> None:
     router.query("com.atproto.server.listAppPasswords", auth=ACCESS)(list_app_passwords)
     router.procedure("com.atproto.server.revokeAppPassword", auth=ACCESS)(revoke_app_password)
 
-    from pds.api import admin  # noqa: PLC0415 (admin imports this module)
+    from pds.api import account, admin  # noqa: PLC0415 (they import this module)
 
     admin.register(router)
+    account.register(router)
 
 
 class _Lazy:
@@ -222,9 +250,23 @@ def check_handle(p: PdsContext, handle: str) -> str:
 
 
 async def create_account(ctx: XrpcContext) -> dict[str, Any]:
+    """A new account with a new did:plc, or (``did`` given, with a service-auth
+    token from the DID's current host) an account migrating in, which starts
+    deactivated and announces nothing until it is activated."""
     p = pds(ctx)
     body = ctx.input
-    handle = check_handle(p, body["handle"])
+    if body.get("plcOp") is not None:
+        raise RoostError('Unsupported input: "plcOp"')
+    migrating: str | None = body.get("did")
+    if migrating is not None:
+        creds = ctx.auth
+        if not isinstance(creds, ServiceCredentials) or creds.did != migrating:
+            raise AuthRequired(f"Missing auth to create account with did: {migrating}")
+        if p.db.account(migrating) is not None:
+            raise RoostError(f"An account for {migrating} already exists on this server")
+        handle = await _migrating_handle(p, migrating, body["handle"])
+    else:
+        handle = check_handle(p, body["handle"])
     email = body.get("email")
     if email is not None:
         email = email.strip().lower()
@@ -242,30 +284,24 @@ async def create_account(ctx: XrpcContext) -> dict[str, Any]:
             raise InvalidInviteCode("An invite code is required")
         check_invite_code(p.db, invite_code)
     application = _application_answers(p, body)
-    status = "pending" if application is not None else "active"
-    recovery = body.get("recoveryKey")
-    rotation_keys: list[Any] = []
-    if recovery is not None:
-        try:
-            rotation_keys.append(parse_did_key(recovery))
-        except CryptoError as exc:
-            raise RoostError(f"recoveryKey is not a valid did:key: {exc.message}") from None
-    rotation_keys.append(p.config.rotation_key)
+    if application is not None:
+        status = "pending"
+    else:
+        status = "deactivated" if migrating is not None else "active"
 
     password_hash = await hash_password_async(password)
     signing_key = PrivateKey.generate("k256")
-    did, _op = await p.plc.create_did(
-        signing_key.public_key,
-        rotation_keys,
-        handle,
-        p.config.url,
-        signer=p.config.rotation_key,
-    )
+    if migrating is not None:
+        did = migrating  # the DID document changes later (submitPlcOperation or did.json)
+    else:
+        did = await _create_did(p, body, signing_key, handle)
     session = _new_session(p, did)
 
     def job(w: WriteContext) -> None:
         if w.db.account_by_handle(handle) is not None:
             raise HandleNotAvailable("Handle already taken")
+        if w.db.account(did) is not None:
+            raise RoostError(f"An account for {did} already exists on this server")
         now = utc_now()
         if invite_code is not None:
             # checked again here: the writer runs one job at a time (atomic use)
@@ -277,7 +313,15 @@ async def create_account(ctx: XrpcContext) -> dict[str, Any]:
             did, handle, email, password_hash, signing_key.to_hex(), now, status,
             application, invite_code,
         )
+        _execute(w, [PdsDatabase.forget_deletion_sql(did)])
         _store_refresh(w, did, session)
+        if migrating is not None:
+            # inactive, and not yet named by the DID document: no events at all
+            # (account-migration.md section 6); activation announces the account
+            mark = len(w.events)
+            w.create_repo(did, signing_key)
+            del w.events[mark:]
+            return
         w.event(did, "#identity", {"did": did, "handle": handle})
         if status == "active":
             w.event(did, "#account", {"did": did, "active": True})
@@ -299,8 +343,79 @@ async def create_account(ctx: XrpcContext) -> dict[str, Any]:
         "refreshJwt": session["refresh"],
     }
     if status != "active":
-        out["roostStatus"] = status  # roost extension: the application awaits review
+        out["roostStatus"] = status  # roost extension: pending review, or deactivated
     return out
+
+
+async def _create_did(
+    p: PdsContext, body: dict[str, Any], signing_key: PrivateKey, handle: str
+) -> str:
+    """Register a new did:plc naming this server, its rotation key and the account's key."""
+    recovery = body.get("recoveryKey")
+    rotation_keys: list[Any] = []
+    if recovery is not None:
+        try:
+            rotation_keys.append(parse_did_key(recovery))
+        except CryptoError as exc:
+            raise RoostError(f"recoveryKey is not a valid did:key: {exc.message}") from None
+    rotation_keys.append(p.config.rotation_key)
+    did, _op = await p.plc.create_did(
+        signing_key.public_key,
+        rotation_keys,
+        handle,
+        p.config.url,
+        signer=p.config.rotation_key,
+    )
+    return did
+
+
+async def _migrating_handle(p: PdsContext, did: str, requested: str) -> str:
+    """The handle of an account migrating in: one under this server's domain, or
+    the account's own domain handle (it must already resolve to the DID)."""
+    handle = requested.lower()
+    if handle.endswith(p.config.handle_domain):
+        return check_handle(p, handle)
+    handle = ensure_handle(handle).lower()
+    if p.db.account_by_handle(handle) is not None:
+        raise HandleNotAvailable("Handle already taken")
+    await check_external_handle(p, did, handle)
+    return handle
+
+
+async def check_external_handle(p: PdsContext, did: str, handle: str) -> None:
+    """A handle outside the server's domain must resolve (DNS or well-known) to ``did``."""
+    if is_disallowed_handle_tld(handle):
+        raise InvalidHandle("Handle uses a reserved top-level domain")
+    resolver = HandleResolver(allow_local=p.config.allow_local)
+    try:
+        resolved = await resolver.resolve(handle)
+    except RoostError:
+        resolved = None
+    finally:
+        await resolver.aclose()
+    if resolved != did:
+        raise RoostError("External handle did not resolve to DID")
+
+
+class _MigrationAuth:
+    """``createAccount`` with an existing DID: a service-auth token from the DID's
+    current host (``aud`` = this server, ``lxm`` = createAccount), verified
+    against the DID's current ``#atproto`` key; one verifier (and replay cache)
+    per running app."""
+
+    def accepts(self, conn: Any) -> bool:
+        return bearer_token(conn) is not None
+
+    async def __call__(self, conn: Any, nsid: str) -> Any:
+        p: PdsContext = conn.app.state.pds
+        verifier = p.extra.get("migration_auth")
+        if verifier is None:
+
+            async def resolve_key(did: str, *, force_refresh: bool) -> Any:
+                return await resolve_signing_key(p, did, force_refresh=force_refresh)
+
+            verifier = p.extra["migration_auth"] = ServiceAuth(p.service_did, resolve_key)
+        return await verifier(conn, nsid)
 
 
 # -- sessions ---------------------------------------------------------------------------
@@ -377,6 +492,9 @@ async def create_session(ctx: XrpcContext) -> dict[str, Any]:
     p = pds(ctx)
     identifier = ctx.input["identifier"]
     password = ctx.input["password"]
+    key = f"{identifier.strip().lower()}-{ctx.client_ip}"
+    for limit in LOGIN_LIMITS:
+        ctx.rate_limit(limit, key=key)
     account = _find_account(p, identifier)
     # always hash once so a missing account costs the same time as a wrong password
     ok = await verify_password_async(password, account.password_hash if account else "")

@@ -9,8 +9,10 @@ unless the caller is the account itself (its access token) or the operator
 Exports read a :class:`~pds.sqlite.ReadSnapshot`: one read transaction, so a
 CAR streamed while the account keeps writing is still exactly one revision
 (the writer deletes blocks the new tree no longer uses). ``getRepo`` streams
-its CAR, reading the snapshot in worker threads; ``getRecord`` (a proof)
-and ``getBlocks`` are small and answered whole.
+its CAR, reading the snapshot in worker threads: a whole repo is one range
+scan of the account's blocks, which are exactly the current commit's, in
+CID order (no tree walk); ``getRecord`` (a proof) and ``getBlocks`` are
+small and answered whole.
 
 ``getBlob`` serves only permanent blobs (a temporary upload is private until
 a record references it), with single-range ``Range`` support and the
@@ -38,9 +40,9 @@ from roost.auth import (
     any_of,
     optional,
 )
-from roost.car import car_bytes, write_car
+from roost.car import car_bytes, car_sections, encode_car_header, write_car
 from roost.cid import CID
-from roost.errors import AuthRequired, MissingBlock, RepoNotFound
+from roost.errors import AuthRequired, MissingBlock, RecordNotFound, RepoNotFound
 from roost.ratelimit import RateLimit
 from roost.repo import Repo
 from roost.xrpc import Output, XrpcContext, XrpcRouter
@@ -51,7 +53,7 @@ from pds.blobstore import BlobNotFound, blob_response
 from pds.context import PdsContext, pds
 from pds.sqlite import AccountRow, ReadSnapshot
 
-__all__ = ["CAR_MIME", "GET_REPO_LIMIT", "SNAPSHOT_READ_BYTES", "register"]
+__all__ = ["CAR_MIME", "EXPORT_BATCH_ROWS", "GET_REPO_LIMIT", "SNAPSHOT_READ_BYTES", "register"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,8 @@ CAR_MIME: Final = "application/vnd.ipld.car"
 GET_REPO_LIMIT: Final = RateLimit("sync-get-repo", 6000, 300, per="ip")
 #: CAR bytes gathered per worker-thread read while streaming an export.
 SNAPSHOT_READ_BYTES: Final = 256 * 1024
+#: Block rows fetched from the database at a time while exporting a whole repo.
+EXPORT_BATCH_ROWS: Final = 1_000
 
 
 class _Admin:
@@ -155,15 +159,38 @@ async def get_repo(ctx: XrpcContext) -> Output:
     snapshot = p.db.snapshot()
     try:
         head = _head(snapshot, did)
-        blocks = _SnapshotBlocks(snapshot, did)
         if since is None:
-            chunks = Repo.load(blocks, head, did=did).export_car()
+            chunks = _whole_repo(snapshot, did, head)
         else:
             chunks = write_car([head], _diff_blocks(snapshot, did, head, since))
     except BaseException:
         snapshot.close()
         raise
     return Output(_stream(chunks, snapshot), CAR_MIME)
+
+
+def _whole_repo(snapshot: ReadSnapshot, did: str, head: CID) -> Iterator[bytes]:
+    """The whole repo as CAR chunks: the commit, then every other block the
+    account holds, straight from one range scan (no tree walk).
+
+    The writer keeps the block table equal to the current commit's blocks
+    (each commit deletes the previous commit block and the MST nodes and
+    records it took out), so this is the commit, its MST nodes and its
+    records. They come in CID order rather than tree order: readers must
+    accept any block order (``spec/repository.md`` section 7).
+    """
+    commit = snapshot.get_block(did, head)
+    if commit is None:
+        raise MissingBlock(f"commit block {head} is missing", head)
+    head_bytes = head.bytes
+    rows = snapshot.block_rows(did)
+
+    def chunks() -> Iterator[bytes]:
+        yield encode_car_header([head]) + car_sections([(head_bytes, commit)])
+        while batch := rows.fetchmany(EXPORT_BATCH_ROWS):
+            yield car_sections(row for row in batch if row[0] != head_bytes)
+
+    return chunks()
 
 
 def _diff_blocks(
@@ -244,6 +271,9 @@ async def get_record(ctx: XrpcContext) -> Output:
     params = ctx.params
     did = params["did"]
     _available(ctx, p, did)
+    if p.db.record_takedown(did, params["collection"], params["rkey"]) is not None:
+        uri = f"at://{did}/{params['collection']}/{params['rkey']}"
+        raise RecordNotFound(f"Could not locate record: {uri}")
     with p.db.snapshot() as snapshot:
         head = _head(snapshot, did)
         repo = Repo.load(_SnapshotBlocks(snapshot, did), head, did=did)
@@ -272,7 +302,7 @@ async def get_blob(ctx: XrpcContext) -> Response:
     account = _available(ctx, p, did)
     cid = CID.from_str(ctx.params["cid"])
     row = p.db.blob(did, cid)
-    if row is None or not row.permanent:
+    if row is None or not row.permanent or p.db.blob_takedown(did, cid) is not None:
         raise BlobNotFound("Blob not found")
     request = ctx.request
     headers = request.headers
@@ -343,6 +373,8 @@ async def get_repo_status(ctx: XrpcContext) -> dict[str, Any]:
     did = ctx.params["did"]
     account = p.db.account(did)
     if account is None:
+        if p.db.deleted_at(did) is not None:
+            return {"did": did, "active": False, "status": "deleted"}
         raise RepoNotFound(f"Could not find user: {did}")
     out: dict[str, Any] = {"did": did, **_status(account)}
     if account.active:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -21,6 +22,12 @@ from roost.frames import decode_frame
 from tests.servers import ServerThread, free_port
 
 PASSWORD = "correct horse battery staple"
+#: Procedures whose lexicon declares no input: :meth:`Network.call` sends no body.
+NO_INPUT = frozenset({
+    "com.atproto.server.activateAccount",
+    "com.atproto.server.requestAccountDelete",
+    "com.atproto.identity.requestPlcOperationSignature",
+})
 
 
 def ok(response: httpx.Response) -> dict[str, Any]:
@@ -57,6 +64,16 @@ def firehose_events(pds_url: str, message_type: str, *, idle_s: float = 1.0) -> 
                 events.append(body)
 
 
+def stored_events(net: Network) -> list[tuple[str, dict[str, Any]]]:
+    """(type, body) of every event in the PDS's log, oldest first (read from its database)."""
+    conn = sqlite3.connect(net.config.data_dir / "pds.sqlite")
+    try:
+        frames = [row[0] for row in conn.execute("SELECT frame FROM event ORDER BY seq")]
+    finally:
+        conn.close()
+    return [(header["t"], body) for header, body in map(decode_frame, frames)]
+
+
 @dataclass
 class Network:
     plc_url: str
@@ -81,6 +98,18 @@ class Network:
 
     def auth(self, session: dict[str, Any]) -> dict[str, str]:
         return {"Authorization": f"Bearer {session['accessJwt']}"}
+
+    def call(self, nsid: str, session: dict[str, Any] | None = None, **body: Any) -> httpx.Response:
+        """POST a procedure (as ``session``, if given) with ``body`` as its JSON input."""
+        headers = self.auth(session) if session else {}
+        if nsid in NO_INPUT:
+            return self.http.post(self.xrpc(nsid), headers=headers)
+        return self.http.post(self.xrpc(nsid), json=body, headers=headers)
+
+    def query(self, nsid: str, session: dict[str, Any] | None = None, **params: Any) -> httpx.Response:
+        """GET a query (as ``session``, if given)."""
+        headers = self.auth(session) if session else {}
+        return self.http.get(self.xrpc(nsid), params=params, headers=headers)
 
 
 def start_network(

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 import httpx
 import pytest
 
 from roost.cli import main
-from roost.frames import decode_frame
-from tests.pds.conftest import PASSWORD, Network
+from tests.pds.conftest import PASSWORD, Network, stored_events
 
 ADMIN = ("admin", "admin-secret")
 
@@ -43,13 +41,7 @@ def _post(net: Network, session: dict[str, Any]) -> httpx.Response:
     )
 
 
-def _events(net: Network) -> list[tuple[str, dict[str, Any]]]:
-    conn = sqlite3.connect(net.config.data_dir / "pds.sqlite")
-    try:
-        frames = [row[0] for row in conn.execute("SELECT frame FROM event ORDER BY seq")]
-    finally:
-        conn.close()
-    return [(h["t"], b) for h, b in map(decode_frame, frames)]
+_events = stored_events
 
 
 # -- auth ------------------------------------------------------------------------------------
@@ -249,3 +241,34 @@ def test_cli_errors(
     assert "Account not found" in capsys.readouterr().err
     assert main(["pds", "admin", "--url", "http://127.0.0.1:9", "--admin-password", "x", "accounts"]) == 1
     assert "cannot reach" in capsys.readouterr().err
+
+
+def test_outbox_api_and_cli(
+    network: Network, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ROOST_ADMIN_PASSWORD", "admin-secret")
+    assert main(_cli(network, "outbox")) == 0
+    assert "no messages" in capsys.readouterr().out
+    alice = network.create_account("alice")
+    bob = network.create_account("bob")
+    for session in (alice, bob, alice):
+        r = network.http.post(
+            network.xrpc("com.atproto.server.requestAccountDelete"), headers=network.auth(session)
+        )
+        assert r.status_code == 200, r.text
+    listing = network.xrpc("org.roost.admin.listOutbox")
+    everything = network.http.get(listing, auth=ADMIN).json()["messages"]
+    assert [m["did"] for m in everything] == [alice["did"], bob["did"], alice["did"]]
+    # one live token per account and purpose: the newer replaced the older
+    assert everything[0]["token"] != everything[2]["token"]
+    page = network.http.get(listing, params={"limit": 2}, auth=ADMIN).json()
+    rest = network.http.get(listing, params={"limit": 2, "cursor": page["cursor"]}, auth=ADMIN)
+    assert [m["id"] for m in page["messages"] + rest.json()["messages"]] == [
+        m["id"] for m in everything
+    ]
+    assert network.http.get(listing, headers=network.auth(alice)).status_code == 401
+
+    assert main(_cli(network, "outbox", "--did", bob["did"])) == 0
+    out = capsys.readouterr().out
+    assert f"token: {everything[1]['token']}" in out and alice["did"] not in out
+    assert "to bob@example.com" in out

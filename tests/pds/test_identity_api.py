@@ -109,6 +109,14 @@ class _Relay:
         )
 
 
+def test_crawl_hostname_is_the_public_name_behind_https() -> None:
+    assert PdsConfig(hostname="pds.example", public_url="https://pds.example").crawl_hostname == (
+        "pds.example"
+    )
+    local = PdsConfig(hostname="pds.example", public_url="http://127.0.0.1:2583")
+    assert local.crawl_hostname == "http://127.0.0.1:2583"
+
+
 def test_request_crawl_on_startup(tmp_path: Path) -> None:
     relay = _Relay()
     relay_server = ServerThread(relay.app())
@@ -128,7 +136,8 @@ def test_request_crawl_on_startup(tmp_path: Path) -> None:
         pds_url = pds.start()
         assert httpx.get(pds_url + "/").status_code == 200  # startup did not wait
         assert relay.called.wait(10)
-        assert relay.bodies == [{"hostname": "crawl.test"}]
+        # on loopback the relay is told the URL clients use, not the public name
+        assert relay.bodies == [{"hostname": pds_url}]
     finally:
         pds.stop()
         relay_server.stop()

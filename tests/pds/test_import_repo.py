@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 import httpx
@@ -52,8 +53,20 @@ def list_records(net: Network, did: str) -> list[dict[str, Any]]:
     return r.json()["records"]  # type: ignore[no-any-return]
 
 
-def build_repo(did: str, texts: list[str], blob: CID | None = None) -> tuple[bytes, Repo]:
-    """A repo for ``did`` signed by some other key (the old host's)."""
+def account_key(net: Network, did: str) -> PrivateKey:
+    """The account's signing key as the PDS keeps it (a key the DID holds)."""
+    conn = sqlite3.connect(net.config.data_dir / "pds.sqlite")
+    try:
+        (hex_key,) = conn.execute("SELECT signing_key FROM account WHERE did = ?", (did,)).fetchone()
+    finally:
+        conn.close()
+    return PrivateKey.from_hex(hex_key, "k256")
+
+
+def build_repo(
+    did: str, texts: list[str], key: PrivateKey, blob: CID | None = None
+) -> tuple[bytes, Repo]:
+    """A repo for ``did`` signed by ``key``."""
     records = []
     for i, text in enumerate(texts):
         extra: dict[str, Any] = {}
@@ -70,14 +83,14 @@ def build_repo(did: str, texts: list[str], blob: CID | None = None) -> tuple[byt
         records.append((f"{POST}/3k{i:011d}", post(text, **extra)))
     records.sort()
     store = MemoryBlockStore()
-    repo = Repo.create_from_records(store, did, PrivateKey.generate("k256"), records)
+    repo = Repo.create_from_records(store, did, key, records)
     return b"".join(repo.export_car()), repo
 
 
 def test_import_repo(network: Network) -> None:
     bob = network.create_account("bob")
     did = bob["did"]
-    car, source = build_repo(did, [f"imported {i}" for i in range(30)])
+    car, source = build_repo(did, [f"imported {i}" for i in range(30)], account_key(network, did))
     r = import_car_bytes(network, bob, car)
     assert r.status_code == 200, r.text
 
@@ -119,7 +132,7 @@ def test_import_tracks_missing_blobs(network: Network) -> None:
     bob = network.create_account("bob")
     did = bob["did"]
     blob = CID.for_raw(b"an image never uploaded here")
-    car, _ = build_repo(did, ["with image", "plain"], blob=blob)
+    car, _ = build_repo(did, ["with image", "plain"], account_key(network, did), blob=blob)
     r = import_car_bytes(network, bob, car)
     assert r.status_code == 200, r.text
     missing = network.http.get(
@@ -127,6 +140,11 @@ def test_import_tracks_missing_blobs(network: Network) -> None:
     )
     assert missing.status_code == 200, missing.text
     assert [b["cid"] for b in missing.json()["blobs"]] == [str(blob)]
+
+
+def _tamper(car: bytes) -> bytes:
+    """``car`` with one byte of its last block (a record) changed."""
+    return car[:-3] + bytes([car[-3] ^ 0x01]) + car[-2:]
 
 
 def _unchanged(network: Network, did: str, before: bytes, response: httpx.Response) -> None:
@@ -147,13 +165,21 @@ def test_import_rejections_change_nothing(network: Network) -> None:
     assert w.status_code == 200, w.text
     before = get_repo(network, did)
 
+    key = account_key(network, did)
     # someone else's repo
     _unchanged(network, did, before, import_car_bytes(network, bob, get_repo(network, alice["did"])))
-    car, _ = build_repo(alice["did"], ["not bob's"])
+    car, _ = build_repo(alice["did"], ["not bob's"], account_key(network, alice["did"]))
     _unchanged(network, did, before, import_car_bytes(network, bob, car))
+    # bob's DID, but signed by a key the DID never held
+    forged, _ = build_repo(did, ["forged"], PrivateKey.generate("k256"))
+    message = import_car_bytes(network, bob, forged)
+    _unchanged(network, did, before, message)
+    assert "not signed by a key of" in message.json()["message"]
+    # a block that does not hash to its CID
+    good, _ = build_repo(did, ["x", "y", "z"], key)
+    _unchanged(network, did, before, import_car_bytes(network, bob, _tamper(good)))
     # not a CAR at all, or cut short
     _unchanged(network, did, before, import_car_bytes(network, bob, b"this is not a car"))
-    good, _ = build_repo(did, ["x", "y", "z"])
     _unchanged(network, did, before, import_car_bytes(network, bob, good[: len(good) // 2]))
 
     # a non-canonical MST: prefix compression not maximal
@@ -167,7 +193,7 @@ def test_import_rejections_change_nothing(network: Network) -> None:
         }
     )
     node_cid = CID.for_cbor_bytes(node)
-    commit = sign_commit(did, node_cid, "3kaaaaaaaaa22", PrivateKey.generate("k256"))
+    commit = sign_commit(did, node_cid, "3kaaaaaaaaa22", key)
     bad = car_bytes(
         [commit.cid], {commit.cid: commit.block, node_cid: node, record_cid: record}
     )

@@ -227,6 +227,17 @@ def test_auth_required(pnet: ProxyNet) -> None:
     assert r.status_code == 401
 
 
+def test_deactivated_account_is_told_so(pnet: ProxyNet) -> None:
+    r = pnet.net.http.post(
+        pnet.net.xrpc("com.atproto.server.deactivateAccount"),
+        json={},
+        headers=pnet.net.auth(pnet.session),
+    )
+    assert r.status_code == 200, r.text
+    r = pnet.call("app.bsky.feed.getTimeline")
+    assert r.status_code == 401 and r.json()["error"] == "AccountDeactivated"
+
+
 def test_upstream_errors_pass_through(pnet: ProxyNet) -> None:
     r = pnet.call("com.example.fail", proxy_to=f"{pnet.service_did}#echo")
     assert r.status_code == 404

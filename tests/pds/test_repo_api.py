@@ -591,8 +591,8 @@ def test_inactive_accounts_cannot_write_or_be_read(network: Network, alice: dict
             collection=POST,
             record=post("x"),
         ),
-        400,
-        "RepoDeactivated",
+        401,
+        "AccountDeactivated",
     )
     error(
         call(
@@ -603,8 +603,8 @@ def test_inactive_accounts_cannot_write_or_be_read(network: Network, alice: dict
             collection=POST,
             rkey=rkey,
         ),
-        400,
-        "RepoDeactivated",
+        401,
+        "AccountDeactivated",
     )
     error(get(network, alice["did"], POST, rkey), 400, "RepoDeactivated")
     set_status(network, alice["did"], "takendown")

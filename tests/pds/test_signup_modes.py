@@ -176,7 +176,7 @@ def test_application_pending_then_approved(application_network: Network) -> None
     login = _login(net, "alice").json()
     assert login["active"] is False and login["status"] == "pending"
     r = _post(net, created)
-    assert r.status_code == 400 and r.json()["error"] == "RepoDeactivated"
+    assert r.status_code == 401 and r.json()["error"] == "AccountDeactivated"
     status = net.http.get(
         net.xrpc("com.atproto.sync.getRepoStatus"), params={"did": did}
     ).json()
@@ -206,7 +206,7 @@ def test_application_rejected(application_network: Network) -> None:
     login = _login(net, "alice").json()
     assert login["active"] is False and login["status"] == "rejected"
     assert login["roostStatusReason"] == "not a fit, sorry"
-    assert _post(net, login).status_code == 400
+    assert _post(net, login).status_code == 401
 
 
 def test_application_events(application_network: Network) -> None:
