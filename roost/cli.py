@@ -174,6 +174,12 @@ def _account_status(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
+def _relay_serve(args: argparse.Namespace) -> int:
+    from relay.cli import serve
+
+    return serve(args)
+
+
 def _open_input(name: str) -> BinaryIO:
     if name == "-":
         return sys.stdin.buffer
@@ -322,13 +328,21 @@ def build_parser() -> argparse.ArgumentParser:
     relay_sub = relay.add_subparsers(dest="action", metavar="ACTION", required=True)
     relay_serve = relay_sub.add_parser("serve", help="serve a relay")
     _add_service_flags(relay_serve)
-    relay_serve.set_defaults(handler=_unavailable("relay serve"))
+    relay_serve.add_argument("--database", help="SQLite file (default <data-dir>/relay.sqlite)")
+    relay_serve.add_argument("--plc-url", help="did:plc directory URL")
+    relay_serve.add_argument(
+        "--crawl", action="append", metavar="URL", help="host to subscribe to (repeatable)"
+    )
+    relay_serve.add_argument("--admin-password", help="password for the /admin/ API")
+    relay_serve.add_argument(
+        "--allow-local", action="store_true", default=None,
+        help="allow loopback/private hosts and outbound requests (a local network)",
+    )
+    relay_serve.set_defaults(handler=_relay_serve)
 
-    feedgen = commands.add_parser("feedgen", help="run a feed generator host")
-    feedgen_sub = feedgen.add_subparsers(dest="action", metavar="ACTION", required=True)
-    feedgen_serve = feedgen_sub.add_parser("serve", help="serve a feed generator host")
-    _add_service_flags(feedgen_serve)
-    feedgen_serve.set_defaults(handler=_unavailable("feedgen serve"))
+    from feedgen.cli import add_commands as add_feedgen_commands
+
+    add_feedgen_commands(commands, _add_service_flags)
 
     repo = commands.add_parser("repo", help="offline repository tools")
     repo_sub = repo.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -350,10 +364,32 @@ def build_parser() -> argparse.ArgumentParser:
     firehose = commands.add_parser("firehose", help="firehose tools")
     fh_sub = firehose.add_subparsers(dest="action", metavar="ACTION", required=True)
     tail = fh_sub.add_parser("tail", help="print a firehose, decoded")
-    tail.add_argument("url")
-    tail.add_argument("--cursor", type=int)
-    tail.add_argument("--json", action="store_true")
-    tail.set_defaults(handler=_unavailable("firehose tail"))
+    tail.add_argument(
+        "url", help="a PDS or relay: http(s)://host, or the full ws(s)://...subscribeRepos URL"
+    )
+    tail.add_argument("--cursor", type=int, help="start after this seq (default: live)")
+    tail.add_argument(
+        "--collection", action="append", dest="collections", metavar="NSID",
+        help="only these collections (repeatable; prefix wildcards like app.bsky.feed.*)",
+    )
+    tail.add_argument(
+        "--did", action="append", dest="dids", metavar="DID", help="only these accounts (repeatable)"
+    )
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    tail.add_argument(
+        "--verify", action="store_true",
+        help="check commit signatures and sync v1.1 inversion; failures are shown as INVALID",
+    )
+    tail.add_argument(
+        "--plc-url", help="did:plc directory for --verify (default https://plc.directory)"
+    )
+
+    def _firehose_tail(args: argparse.Namespace) -> int:
+        from roost.tail import run_tail
+
+        return run_tail(args)
+
+    tail.set_defaults(handler=_firehose_tail)
 
     account = commands.add_parser("account", help="account tools")
     acct_sub = account.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -409,13 +445,24 @@ def _add_pds_admin(pds_sub: argparse._SubParsersAction) -> None:  # type: ignore
     reject.add_argument("did")
     reject.add_argument("--reason", required=True, help="shown to the applicant")
     reject.set_defaults(handler=_admin_reject)
-    takedown = sub.add_parser("takedown", help="take an account down")
-    takedown.add_argument("did")
+    target_help = (
+        "an account DID, a record AT-URI (at://did/collection/rkey), or a blob CID (with --did)"
+    )
+    takedown = sub.add_parser("takedown", help="take an account, a record or a blob down")
+    takedown.add_argument("target", metavar="TARGET", help=target_help)
+    takedown.add_argument("--did", help="the account holding the blob TARGET")
     takedown.add_argument("--reason", required=True)
     takedown.set_defaults(handler=_admin_takedown)
-    untakedown = sub.add_parser("untakedown", help="restore a taken-down account")
-    untakedown.add_argument("did")
+    untakedown = sub.add_parser("untakedown", help="restore a taken-down account, record or blob")
+    untakedown.add_argument("target", metavar="TARGET", help=target_help)
+    untakedown.add_argument("--did", help="the account holding the blob TARGET")
     untakedown.set_defaults(handler=_admin_untakedown)
+    outbox = sub.add_parser(
+        "outbox", help="messages waiting for members (confirmation tokens), newest first"
+    )
+    outbox.add_argument("--did", help="only the messages for this account")
+    outbox.add_argument("--limit", type=int, default=20)
+    outbox.set_defaults(handler=_admin_outbox)
     invite = sub.add_parser("invite", help="create an invite code")
     invite.add_argument("--uses", type=int, default=1, help="how many sign-ups it allows")
     invite.set_defaults(handler=_admin_invite)
@@ -504,18 +551,54 @@ def _admin_reject(args: argparse.Namespace) -> None:
     print(f"rejected {args.did}")
 
 
+def _takedown_subject(args: argparse.Namespace) -> dict[str, object]:
+    """The subject TARGET names: a record (AT-URI), a blob (CID with --did) or an account."""
+    target: str = args.target
+    if target.startswith("at://"):
+        # the strongRef wants the record's CID: the subject status knows it
+        status = _admin_call(args, "com.atproto.admin.getSubjectStatus", params={"uri": target})
+        subject = status.get("subject")
+        if not isinstance(subject, dict):
+            raise _AdminCallError(f"no record at {target}")
+        return {"$type": "com.atproto.repo.strongRef", "uri": target, "cid": subject["cid"]}
+    if args.did:
+        return {"$type": "com.atproto.admin.defs#repoBlobRef", "did": args.did, "cid": target}
+    if not target.startswith("did:"):
+        raise _AdminCallError("TARGET must be a DID, an at:// URI, or a blob CID with --did")
+    return _repo_ref(target)
+
+
 @_admin_command
 def _admin_takedown(args: argparse.Namespace) -> None:
     _admin_call(args, "com.atproto.admin.updateSubjectStatus", body={
-        "subject": _repo_ref(args.did), "takedown": {"applied": True, "ref": args.reason}})
-    print(f"took down {args.did}")
+        "subject": _takedown_subject(args), "takedown": {"applied": True, "ref": args.reason}})
+    print(f"took down {args.target}")
 
 
 @_admin_command
 def _admin_untakedown(args: argparse.Namespace) -> None:
     _admin_call(args, "com.atproto.admin.updateSubjectStatus",
-                body={"subject": _repo_ref(args.did), "takedown": {"applied": False}})
-    print(f"restored {args.did}")
+                body={"subject": _takedown_subject(args), "takedown": {"applied": False}})
+    print(f"restored {args.target}")
+
+
+@_admin_command
+def _admin_outbox(args: argparse.Namespace) -> None:
+    params: dict[str, object] = {"limit": max(1, min(args.limit, 100))}
+    if args.did:
+        params["did"] = args.did
+    out = _admin_call(args, "org.roost.admin.listOutbox", params=params)
+    messages: list[dict[str, Any]] = out.get("messages") or []  # type: ignore[assignment]
+    if not messages:
+        print("no messages")
+    for message in messages:
+        to = message.get("recipient") or "(no email)"
+        print(f"#{message['id']}  {message['createdAt']}  {message['did']}  to {to}")
+        print(f"  {message['subject']}")
+        if message.get("token"):
+            print(f"  token: {message['token']}")
+        for line in str(message["body"]).splitlines():
+            print(f"    {line}")
 
 
 @_admin_command

@@ -271,9 +271,14 @@ class Migration:
             raise
 
     async def _transfer(self, old: _Host, new: _Host, status: dict[str, Any]) -> None:
-        latest = await old.call("GET", "com.atproto.sync.getLatestCommit", params={"did": self.did})
-        if status.get("repoRev") == latest.get("rev") and status.get("indexedRecords"):
-            self.step(f"repository already imported (rev {latest['rev']})")
+        theirs = await old.call("GET", "com.atproto.server.checkAccountStatus")
+        # The new host re-signs an import (a later rev): it holds the current repo when
+        # it has as many records and the old repo has not changed since (revs are TIDs,
+        # ordered as strings).
+        new_rev, old_rev = status.get("repoRev") or "", theirs.get("repoRev") or ""
+        if (new_rev and old_rev and new_rev >= old_rev
+                and status.get("indexedRecords") == theirs.get("indexedRecords")):
+            self.step(f"repository already imported ({status.get('indexedRecords')} records)")
         else:
             self.step("copying the repository")
             car = await self._download_repo(old)

@@ -199,6 +199,7 @@ class ServiceProcess:
                 self._ready.set()
                 continue
             print(f"{self.spec.name:>7} | {line}", file=self._out, flush=True)
+        self.process.stdout.close()
         self._ready.set()  # wake a waiter: the process has ended
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> str:
@@ -262,22 +263,23 @@ class Network:
 
 
 def _banner(options: UpOptions, network: Network, admin_password: str) -> str:
-    pds = network.url("pds")
-    relay = network.url("relay")
-    feedgen = network.url("feedgen")
-    lines = [
+    pds, relay, feedgen = (network.url(n) for n in ("pds", "relay", "feedgen"))
+    firehose = relay.replace("http", "ws", 1) + "/xrpc/com.atproto.sync.subscribeRepos"
+    rows = [
+        ("PDS", pds + "/", f"join page; admin console at {pds}/admin"),
+        ("relay", relay + "/", f"dashboard; firehose at {firehose}"),
+        ("feed generator", feedgen + "/", "feed catalogue"),
+        ("PLC directory", network.url("plc"), ""),
+    ]
+    width = max(len(url) for _, url, _ in rows) + 2
+    lines = ["", "roost is up: a whole AT Protocol network on this machine.", ""]
+    for label, url, note in rows:
+        lines.append(f"  {label:<16} {url:<{width}}{f'({note})' if note else ''}".rstrip())
+    lines += [
         "",
-        "roost is up: a whole AT Protocol network on this machine.",
-        "",
-        f"  PDS              {pds}/            (join page; admin console at {pds}/admin)",
-        f"  relay            {relay}/          (dashboard; firehose at "
-        f"{relay.replace('http', 'ws', 1)}/xrpc/com.atproto.sync.subscribeRepos)",
-        f"  feed generator   {feedgen}/        (feed catalogue)",
-        f"  PLC directory    {network.url('plc')}",
-        "",
-        f"  admin user       admin / {admin_password}",
-        f"  handles          <name>.{options.hostname}",
-        f"  data             {options.data_dir.resolve()}",
+        f"  {'admin user':<16} admin / {admin_password}",
+        f"  {'handles':<16} <name>.{options.hostname}",
+        f"  {'data':<16} {options.data_dir.resolve()}",
         "",
         "Press Ctrl-C to stop.",
         "",
