@@ -181,23 +181,9 @@ _TUPLES = {"plugins"}
 _PATHS = {"data_dir", "feeds_file"}
 
 
-def _convert(name: str, raw: str) -> Any:
-    try:
-        if name in _INTS:
-            return int(raw)
-        if name in _FLOATS:
-            return float(raw)
-    except ValueError:
-        raise ValueError(
-            f"{roost_config.ENV_PREFIX}{name.upper()} must be a number, got {raw!r}"
-        ) from None
-    if name in _BOOLS:
-        return raw.strip().lower() in ("1", "true", "yes", "on")
-    if name in _TUPLES:
-        return tuple(part.strip() for part in raw.split(",") if part.strip())
-    if name in _PATHS:
-        return Path(raw)
-    return raw
+_convert = roost_config.typed_converter(
+    ints=_INTS, floats=_FLOATS, bools=_BOOLS, tuples=_TUPLES, paths=_PATHS
+)
 
 
 # -- the feeds file ---------------------------------------------------------------------------

@@ -174,19 +174,7 @@ _BOOLS = {"allow_local", "debug"}
 _TUPLES = {"relay_urls", "application_questions", "rate_limit_bypass_ips", "rules"}
 
 
-def _convert(name: str, raw: str) -> Any:
-    try:
-        if name in _INTS:
-            return int(raw)
-        if name in _FLOATS:
-            return float(raw)
-    except ValueError:
-        raise ValueError(f"{roost_config.ENV_PREFIX}{name.upper()} must be a number, got {raw!r}") from None
-    if name in _BOOLS:
-        return raw.strip().lower() in ("1", "true", "yes", "on")
-    if name in _TUPLES:
-        sep = "|" if name in ("application_questions", "rules") else ","
-        return tuple(part.strip() for part in raw.split(sep) if part.strip())
-    if name == "data_dir":
-        return Path(raw)
-    return raw
+_convert = roost_config.typed_converter(
+    ints=_INTS, floats=_FLOATS, bools=_BOOLS,
+    tuples={name: "|" if name in ("application_questions", "rules") else "," for name in _TUPLES},
+)

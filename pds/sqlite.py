@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from roost.database import migrate_sqlite
 from roost.cid import CID
 
 __all__ = [
@@ -326,26 +327,7 @@ class PdsDatabase(_RepoReads):
         self._write.close()
 
     def migrate(self) -> None:
-        conn = self._write
-        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL) STRICT")
-        row = conn.execute("SELECT version FROM schema_version").fetchone()
-        current = row[0] if row else 0
-        if current > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"database schema {current} is newer than this roost ({SCHEMA_VERSION})"
-            )
-        for number in range(current, SCHEMA_VERSION):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in MIGRATIONS[number].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute("DELETE FROM schema_version")
-                conn.execute("INSERT INTO schema_version VALUES (?)", (number + 1,))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        migrate_sqlite(self._write, MIGRATIONS, "database")
 
     # -- the write transaction (writer thread only) -----------------------------
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from relay.storage import AccountState, HostRow, Statement, WriteSet
+from roost.database import migrate_sqlite
 
 __all__ = ["MIGRATIONS", "READ_POOL_SIZE", "SCHEMA_VERSION", "SqliteStore"]
 
@@ -136,26 +137,7 @@ class SqliteStore:
         self._write.close()
 
     def migrate(self) -> None:
-        conn = self._write
-        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL) STRICT")
-        row = conn.execute("SELECT version FROM schema_version").fetchone()
-        current = row[0] if row else 0
-        if current > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"relay database schema {current} is newer than this roost ({SCHEMA_VERSION})"
-            )
-        for number in range(current, SCHEMA_VERSION):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in MIGRATIONS[number].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute("DELETE FROM schema_version")
-                conn.execute("INSERT INTO schema_version VALUES (?)", (number + 1,))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        migrate_sqlite(self._write, MIGRATIONS, "relay database")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

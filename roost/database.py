@@ -18,11 +18,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
+    import sqlite3
+
     import asyncpg
 
 __all__ = [
     "POSTGRES_SCHEMES",
     "is_postgres_url",
+    "migrate_sqlite",
     "migrate_postgres",
     "postgres_schema_version",
     "redact_url",
@@ -46,6 +49,34 @@ def redact_url(url: str) -> str:
     credentials, at, host = rest.rpartition("@")
     user = credentials.split(":", 1)[0]
     return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
+
+
+def migrate_sqlite(conn: sqlite3.Connection, migrations: Sequence[str], label: str = "database") -> int:
+    """Bring a SQLite database (autocommit connection) up to ``len(migrations)``.
+
+    ``migrations[i]`` takes the schema from version ``i`` to ``i + 1``; each
+    runs in one ``BEGIN IMMEDIATE`` transaction with its version bump. A
+    database newer than this roost is refused rather than touched.
+    """
+    latest = len(migrations)
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL) STRICT")
+    row = conn.execute("SELECT version FROM schema_version").fetchone()
+    current = row[0] if row else 0
+    if current > latest:
+        raise RuntimeError(f"{label} schema {current} is newer than this roost ({latest})")
+    for number in range(current, latest):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in migrations[number].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("DELETE FROM schema_version")
+            conn.execute("INSERT INTO schema_version VALUES (?)", (number + 1,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return latest
 
 
 def _lock_key(name: str) -> int:
