@@ -13,6 +13,12 @@
  * extensions when the CPU has them) for small blocks, where calling hashlib
  * costs more than the hashing; large blocks and non-bytes inputs go through
  * hashlib (OpenSSL, releases the GIL, and gives hashlib's own errors).
+ *
+ * It also holds three fast paths for verifying firehose commits, which a
+ * relay does thousands of times a second: decoding and encoding MST nodes
+ * (roost.mst) and reading the CAR slice of a commit (roost.repo). Each takes
+ * only the common, well-formed input and answers None for anything else, so
+ * the Python code it stands in for still decides every unusual case.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -1161,7 +1167,528 @@ cidext_set_sha256_mode(PyObject *module, PyObject *arg)
     return PyLong_FromLong(old);
 }
 
+/* ------------------------------------------------------------------------ */
+/* MST node fast paths (used by roost.mst)                                   */
+
+/*
+ * mst_decode(block) decodes an MST node that is in the exact canonical
+ * DAG-CBOR form with every MST rule met: {"e": [{"k", "p", "t", "v"}...],
+ * "l"}, minimal lengths, keys strictly increasing and of one height, maximal
+ * prefixes, UTF-8 keys, links in the 36-byte SHA-256 form (dag-cbor for
+ * subtrees), no subtree at layer 0. It returns (layer, keys, vals, subs)
+ * with the tuples roost.mst.Node holds (layer -1 for a keyless node: its
+ * parent decides), or None for anything else: the Python decoder then takes
+ * over and gives the exact result or error. So this path never accepts what
+ * the Python one refuses.
+ *
+ * mst_encode(keys, vals, subs) is the inverse for a node whose subtrees are
+ * CIDs or None: the same bytes as roost.cbor.encode of the node's map. It
+ * returns None for arguments of other types.
+ */
+
+#define MST_KEY_MAX 1024 /* longer keys take the Python path */
+
+typedef struct {
+    const uint8_t *p;
+    Py_ssize_t n;
+    Py_ssize_t i;
+} CborReader;
+
+/* A head of major type ``major`` in its shortest form; -1 if not. */
+static int
+cbor_read_head(CborReader *r, int major, uint64_t *out)
+{
+    if (r->i >= r->n || (r->p[r->i] >> 5) != major) {
+        return -1;
+    }
+    uint8_t info = r->p[r->i] & 31;
+    r->i++;
+    if (info < 24) {
+        *out = info;
+        return 0;
+    }
+    int size = info == 24 ? 1 : info == 25 ? 2 : info == 26 ? 4 : info == 27 ? 8 : 0;
+    if (size == 0 || r->n - r->i < size) {
+        return -1;
+    }
+    uint64_t v = 0;
+    for (int k = 0; k < size; k++) {
+        v = (v << 8) | r->p[r->i + k];
+    }
+    r->i += size;
+    uint64_t least = size == 1 ? 24 : size == 2 ? 0x100 : size == 4 ? 0x10000 : 0x100000000ULL;
+    if (v < least) {
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* The one-character text key ``c``; -1 if something else is there. */
+static inline int
+cbor_expect_key(CborReader *r, char c)
+{
+    if (r->n - r->i < 2 || r->p[r->i] != 0x61 || r->p[r->i + 1] != (uint8_t)c) {
+        return -1;
+    }
+    r->i += 2;
+    return 0;
+}
+
+/* A link in the 36-byte form (dag-cbor only if ``subtree``) as a new CID,
+ * Py_None (new reference) for null if ``nullable``; NULL with no error set
+ * if the bytes are in another form. */
+static PyObject *
+cbor_read_link(CborReader *r, int nullable, int subtree)
+{
+    if (r->i >= r->n) {
+        return NULL;
+    }
+    const uint8_t *p = r->p + r->i;
+    if (p[0] == 0xf6) {
+        if (!nullable) {
+            return NULL;
+        }
+        r->i++;
+        Py_RETURN_NONE;
+    }
+    if (r->n - r->i < 5 + 36 || p[0] != 0xd8 || p[1] != 0x2a || p[2] != 0x58 || p[3] != 0x25 ||
+        p[4] != 0x00 || !is_blessed(p + 5, 36) || (subtree && p[6] != 0x71)) {
+        return NULL;
+    }
+    r->i += 5 + 36;
+    PyObject *raw = PyBytes_FromStringAndSize((const char *)p + 5, 36);
+    if (raw == NULL) {
+        return NULL;
+    }
+    PyObject *cid = cid_alloc(&CidType, raw, NULL);
+    Py_DECREF(raw);
+    return cid;
+}
+
+static int
+key_height_of(const uint8_t *key, Py_ssize_t n)
+{
+    uint8_t digest[32];
+    sha256_digest(key, (size_t)n, digest, 0);
+    int zeros = 0;
+    for (int k = 0; k < 32; k++) {
+        if (digest[k] == 0) {
+            zeros += 8;
+            continue;
+        }
+        uint8_t b = digest[k];
+        while (!(b & 0x80)) {
+            zeros++;
+            b <<= 1;
+        }
+        break;
+    }
+    return zeros / 2;
+}
+
+static PyObject *
+cidext_mst_decode(PyObject *module, PyObject *block)
+{
+    if (!PyBytes_CheckExact(block)) {
+        Py_RETURN_NONE;
+    }
+    CborReader r = {(const uint8_t *)PyBytes_AS_STRING(block), PyBytes_GET_SIZE(block), 0};
+    uint64_t count;
+    if (r.n < 1 || r.p[0] != 0xa2) {
+        Py_RETURN_NONE;
+    }
+    r.i = 1;
+    if (cbor_expect_key(&r, 'e') < 0 || cbor_read_head(&r, 4, &count) < 0 ||
+        count > (uint64_t)(r.n - r.i)) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t entries = (Py_ssize_t)count;
+    PyObject *keys = PyTuple_New(entries);
+    PyObject *vals = PyTuple_New(entries);
+    PyObject *subs = PyTuple_New(entries + 1);
+    PyObject *result = NULL;
+    if (keys == NULL || vals == NULL || subs == NULL) {
+        goto done;
+    }
+    uint8_t prev[MST_KEY_MAX];
+    Py_ssize_t prev_len = 0;
+    int layer = -1;
+    int any_sub = 0;
+    for (Py_ssize_t e = 0; e < entries; e++) {
+        uint64_t klen, p;
+        if (r.i >= r.n || r.p[r.i] != 0xa4) {
+            goto fallback;
+        }
+        r.i++;
+        if (cbor_expect_key(&r, 'k') < 0 || cbor_read_head(&r, 2, &klen) < 0 ||
+            klen > (uint64_t)(r.n - r.i)) {
+            goto fallback;
+        }
+        const uint8_t *suffix = r.p + r.i;
+        r.i += (Py_ssize_t)klen;
+        if (cbor_expect_key(&r, 'p') < 0 || cbor_read_head(&r, 0, &p) < 0 ||
+            p > (uint64_t)prev_len || (e == 0 && p != 0)) {
+            goto fallback;
+        }
+        Py_ssize_t full_len = (Py_ssize_t)p + (Py_ssize_t)klen;
+        if (full_len > MST_KEY_MAX) {
+            goto fallback;
+        }
+        if (e > 0) {
+            /* the prefix is maximal, and the key is greater than the previous one */
+            if ((Py_ssize_t)p < prev_len && klen && suffix[0] == prev[p]) {
+                goto fallback;
+            }
+            if ((Py_ssize_t)p == prev_len) {
+                if (klen == 0) {
+                    goto fallback; /* equal keys */
+                }
+            }
+            else if (klen == 0 || suffix[0] < prev[p]) {
+                goto fallback;
+            }
+        }
+        memcpy(prev + p, suffix, (size_t)klen);
+        prev_len = full_len;
+        int height = key_height_of(prev, prev_len);
+        if (layer < 0) {
+            layer = height;
+        }
+        else if (height != layer) {
+            goto fallback;
+        }
+        PyObject *key = PyUnicode_DecodeUTF8((const char *)prev, prev_len, "strict");
+        if (key == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+                goto done;
+            }
+            PyErr_Clear();
+            goto fallback;
+        }
+        PyTuple_SET_ITEM(keys, e, key);
+        if (cbor_expect_key(&r, 't') < 0) {
+            goto fallback;
+        }
+        PyObject *t = cbor_read_link(&r, 1, 1);
+        if (t == NULL) {
+            if (PyErr_Occurred()) {
+                goto done;
+            }
+            goto fallback;
+        }
+        any_sub |= t != Py_None;
+        PyTuple_SET_ITEM(subs, e + 1, t);
+        if (cbor_expect_key(&r, 'v') < 0) {
+            goto fallback;
+        }
+        PyObject *v = cbor_read_link(&r, 0, 0);
+        if (v == NULL) {
+            if (PyErr_Occurred()) {
+                goto done;
+            }
+            goto fallback;
+        }
+        PyTuple_SET_ITEM(vals, e, v);
+    }
+    if (cbor_expect_key(&r, 'l') < 0) {
+        goto fallback;
+    }
+    PyObject *left = cbor_read_link(&r, 1, 1);
+    if (left == NULL) {
+        if (PyErr_Occurred()) {
+            goto done;
+        }
+        goto fallback;
+    }
+    any_sub |= left != Py_None;
+    PyTuple_SET_ITEM(subs, 0, left);
+    if (r.i != r.n || (layer == 0 && any_sub)) {
+        goto fallback;
+    }
+    result = Py_BuildValue("(iOOO)", layer, keys, vals, subs);
+    goto done;
+fallback:
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    Py_XDECREF(keys);
+    Py_XDECREF(vals);
+    Py_XDECREF(subs);
+    return result;
+}
+
+/* Append a CBOR head; returns the new end. */
+static inline uint8_t *
+cbor_put_head(uint8_t *o, int major, uint64_t v)
+{
+    uint8_t m = (uint8_t)(major << 5);
+    if (v < 24) {
+        *o++ = m | (uint8_t)v;
+    }
+    else if (v < 0x100) {
+        *o++ = m | 24;
+        *o++ = (uint8_t)v;
+    }
+    else if (v < 0x10000) {
+        *o++ = m | 25;
+        *o++ = (uint8_t)(v >> 8);
+        *o++ = (uint8_t)v;
+    }
+    else if (v < 0x100000000ULL) {
+        *o++ = m | 26;
+        for (int k = 3; k >= 0; k--) {
+            *o++ = (uint8_t)(v >> (8 * k));
+        }
+    }
+    else {
+        *o++ = m | 27;
+        for (int k = 7; k >= 0; k--) {
+            *o++ = (uint8_t)(v >> (8 * k));
+        }
+    }
+    return o;
+}
+
+static inline uint8_t *
+cbor_put_link(uint8_t *o, PyObject *cid)
+{
+    if (cid == Py_None) {
+        *o++ = 0xf6;
+        return o;
+    }
+    PyObject *raw = ((CidObject *)cid)->raw;
+    Py_ssize_t n = PyBytes_GET_SIZE(raw);
+    *o++ = 0xd8;
+    *o++ = 0x2a;
+    o = cbor_put_head(o, 2, (uint64_t)n + 1);
+    *o++ = 0x00;
+    memcpy(o, PyBytes_AS_STRING(raw), (size_t)n);
+    return o + n;
+}
+
+static PyObject *
+cidext_mst_encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyTuple_CheckExact(args[0]) || !PyTuple_CheckExact(args[1]) ||
+        !PyTuple_CheckExact(args[2])) {
+        Py_RETURN_NONE;
+    }
+    PyObject *keys = args[0], *vals = args[1], *subs = args[2];
+    Py_ssize_t entries = PyTuple_GET_SIZE(keys);
+    if (PyTuple_GET_SIZE(vals) != entries || PyTuple_GET_SIZE(subs) != entries + 1) {
+        Py_RETURN_NONE;
+    }
+    /* types first, and an upper bound of the size: 9-byte heads, 3 more per link */
+    size_t size = 1 + 2 + 9 + 2;
+    for (Py_ssize_t e = 0; e <= entries; e++) {
+        PyObject *sub = PyTuple_GET_ITEM(subs, e);
+        if (sub != Py_None) {
+            if (!CID_CheckExact(sub)) {
+                Py_RETURN_NONE;
+            }
+            size += (size_t)PyBytes_GET_SIZE(((CidObject *)sub)->raw);
+        }
+        size += 2 + 9 + 1; /* a link's tag, bytes head and 0x00 (or null) */
+        if (e == entries) {
+            break;
+        }
+        PyObject *key = PyTuple_GET_ITEM(keys, e);
+        PyObject *val = PyTuple_GET_ITEM(vals, e);
+        if (!PyUnicode_CheckExact(key) || !CID_CheckExact(val)) {
+            Py_RETURN_NONE;
+        }
+        Py_ssize_t klen;
+        if (PyUnicode_AsUTF8AndSize(key, &klen) == NULL) {
+            return NULL;
+        }
+        /* map head, "k" + head + key, "p" + head, "t", "v" + tag + head + 0x00 + CID */
+        size += 1 + 2 + 9 + (size_t)klen + 2 + 9 + 2 + 2 + 2 + 9 + 1 +
+                (size_t)PyBytes_GET_SIZE(((CidObject *)val)->raw);
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
+    if (out == NULL) {
+        return NULL;
+    }
+    uint8_t *start = (uint8_t *)PyBytes_AS_STRING(out);
+    uint8_t *o = start;
+    *o++ = 0xa2;
+    *o++ = 0x61;
+    *o++ = 'e';
+    o = cbor_put_head(o, 4, (uint64_t)entries);
+    const char *prev = NULL;
+    Py_ssize_t prev_len = 0;
+    for (Py_ssize_t e = 0; e < entries; e++) {
+        Py_ssize_t klen;
+        const char *key = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(keys, e), &klen);
+        Py_ssize_t p = 0;
+        if (prev != NULL) {
+            Py_ssize_t limit = klen < prev_len ? klen : prev_len;
+            while (p < limit && key[p] == prev[p]) {
+                p++;
+            }
+        }
+        *o++ = 0xa4;
+        *o++ = 0x61;
+        *o++ = 'k';
+        o = cbor_put_head(o, 2, (uint64_t)(klen - p));
+        memcpy(o, key + p, (size_t)(klen - p));
+        o += klen - p;
+        *o++ = 0x61;
+        *o++ = 'p';
+        o = cbor_put_head(o, 0, (uint64_t)p);
+        *o++ = 0x61;
+        *o++ = 't';
+        o = cbor_put_link(o, PyTuple_GET_ITEM(subs, e + 1));
+        *o++ = 0x61;
+        *o++ = 'v';
+        o = cbor_put_link(o, PyTuple_GET_ITEM(vals, e));
+        prev = key;
+        prev_len = klen;
+    }
+    *o++ = 0x61;
+    *o++ = 'l';
+    o = cbor_put_link(o, PyTuple_GET_ITEM(subs, 0));
+    if (_PyBytes_Resize(&out, o - start) < 0) {
+        return NULL;
+    }
+    return out;
+}
+
+/* ------------------------------------------------------------------------ */
+/* CAR fast path (used by roost.repo for firehose commit slices)             */
+
+/*
+ * car_blocks(data, max_block) reads a CAR v1 held in bytes whose header is
+ * the canonical {"roots": [one CID], "version": 1} and whose sections all
+ * have minimal varint lengths and 36-byte SHA-256 CIDs (dag-cbor or raw)
+ * matching their blocks, each block at most max_block bytes. It returns
+ * (root CID, {CID: block}) (a repeated CID keeps its last block, as a
+ * block store fed in file order does), or None for anything else: the
+ * general reader (roost.car.CarReader) then gives the exact result or error.
+ */
+
+static const uint8_t CAR_HEADER_ROOTS[] = {0xa2, 0x65, 'r', 'o', 'o', 't', 's', 0x81,
+                                           0xd8, 0x2a, 0x58, 0x25, 0x00};
+static const uint8_t CAR_HEADER_VERSION[] = {0x67, 'v', 'e', 'r', 's', 'i', 'o', 'n', 0x01};
+#define CAR_HEADER_LEN (13 + 36 + 9)
+
+/* A minimal unsigned LEB128 of at most 4 bytes at *pos; -1 if not. */
+static int
+car_varint(const uint8_t *p, Py_ssize_t n, Py_ssize_t *pos, uint64_t *out)
+{
+    uint64_t v = 0;
+    Py_ssize_t i = *pos;
+    for (int k = 0; k < 4; k++, i++) {
+        if (i >= n) {
+            return -1;
+        }
+        v |= (uint64_t)(p[i] & 0x7f) << (7 * k);
+        if (!(p[i] & 0x80)) {
+            if (k > 0 && p[i] == 0) {
+                return -1; /* not minimal */
+            }
+            *pos = i + 1;
+            *out = v;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static PyObject *
+cidext_car_blocks(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyBytes_CheckExact(args[0]) || !PyLong_CheckExact(args[1])) {
+        Py_RETURN_NONE;
+    }
+    long long max_block = PyLong_AsLongLong(args[1]);
+    if (max_block == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    Py_ssize_t pos = 0;
+    uint64_t len;
+    if (car_varint(p, n, &pos, &len) < 0 || len != CAR_HEADER_LEN || n - pos < CAR_HEADER_LEN) {
+        Py_RETURN_NONE;
+    }
+    const uint8_t *h = p + pos;
+    if (memcmp(h, CAR_HEADER_ROOTS, sizeof(CAR_HEADER_ROOTS)) != 0 || !is_blessed(h + 13, 36) ||
+        memcmp(h + 13 + 36, CAR_HEADER_VERSION, sizeof(CAR_HEADER_VERSION)) != 0) {
+        Py_RETURN_NONE;
+    }
+    pos += CAR_HEADER_LEN;
+    PyObject *blocks = PyDict_New();
+    if (blocks == NULL) {
+        return NULL;
+    }
+    while (pos < n) {
+        if (car_varint(p, n, &pos, &len) < 0 || len < 36 || len > (uint64_t)(n - pos) ||
+            (long long)(len - 36) > max_block || !is_blessed(p + pos, 36)) {
+            goto fallback;
+        }
+        const uint8_t *cid_raw = p + pos;
+        const uint8_t *data = cid_raw + 36;
+        Py_ssize_t size = (Py_ssize_t)len - 36;
+        uint8_t digest[32];
+        sha256_digest(data, (size_t)size, digest, 0);
+        if (memcmp(digest, cid_raw + 4, 32) != 0) {
+            goto fallback;
+        }
+        PyObject *raw = PyBytes_FromStringAndSize((const char *)cid_raw, 36);
+        if (raw == NULL) {
+            goto error;
+        }
+        PyObject *cid = cid_alloc(&CidType, raw, NULL);
+        Py_DECREF(raw);
+        if (cid == NULL) {
+            goto error;
+        }
+        PyObject *block = PyBytes_FromStringAndSize((const char *)data, size);
+        if (block == NULL) {
+            Py_DECREF(cid);
+            goto error;
+        }
+        int failed = PyDict_SetItem(blocks, cid, block);
+        Py_DECREF(cid);
+        Py_DECREF(block);
+        if (failed < 0) {
+            goto error;
+        }
+        pos += (Py_ssize_t)len;
+    }
+    PyObject *raw = PyBytes_FromStringAndSize((const char *)h + 13, 36);
+    if (raw == NULL) {
+        goto error;
+    }
+    PyObject *root = cid_alloc(&CidType, raw, NULL);
+    Py_DECREF(raw);
+    if (root == NULL) {
+        goto error;
+    }
+    PyObject *result = PyTuple_Pack(2, root, blocks);
+    Py_DECREF(root);
+    Py_DECREF(blocks);
+    return result;
+fallback:
+    Py_DECREF(blocks);
+    Py_RETURN_NONE;
+error:
+    Py_DECREF(blocks);
+    return NULL;
+}
+
 static PyMethodDef cidext_functions[] = {
+    {"car_blocks", (PyCFunction)(void (*)(void))cidext_car_blocks, METH_FASTCALL,
+     "A CAR in bytes with one root and verified 36-byte-CID sections, as (root, {CID: "
+     "block}); None for anything else (roost.car reads it then)."},
+    {"mst_decode", (PyCFunction)cidext_mst_decode, METH_O,
+     "An MST node block in canonical form meeting every MST rule, as (layer, keys, vals, "
+     "subs); None for anything else (roost.mst decodes it then)."},
+    {"mst_encode", (PyCFunction)(void (*)(void))cidext_mst_encode, METH_FASTCALL,
+     "The block of an MST node from its keys, values and subtree CIDs (or None); None "
+     "for arguments of other types."},
     {"_set_sha256_mode", (PyCFunction)cidext_set_sha256_mode, METH_O,
      "Testing hook: SHA-256 for bytes blocks: 0 auto, 1 portable C, 2 CPU SHA extensions, "
      "3 hashlib. Returns the previous mode."},
@@ -1175,7 +1702,8 @@ static PyMethodDef cidext_functions[] = {
 static struct PyModuleDef cidext_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "roost._cidext",
-    .m_doc = "C implementation of roost.cid.CID (optional; see roost/cid.py).",
+    .m_doc = "C implementation of roost.cid.CID, and MST node and CAR fast paths (optional; "
+             "see roost/cid.py).",
     .m_size = -1,
     .m_methods = cidext_functions,
 };

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Union
 
 from roost import cbor
-from roost.cid import CID, sha256
+from roost.cid import CID, _cidext, sha256
 from roost.errors import InvalidMst, MissingBlock, RoostError
 
 if TYPE_CHECKING:
@@ -65,6 +65,10 @@ NODE_CACHE_SIZE = 200_000
 PREFIX_CACHE_SIZE = 8_192
 
 _sha256 = sha256
+#: The C extension's node decoder and encoder (None when it is missing or older):
+#: same results as the Python code below, which they hand anything unusual.
+_fast_decode = getattr(_cidext, "mst_decode", None)
+_fast_encode = getattr(_cidext, "mst_encode", None)
 
 Sub = Union["Node", CID, None]
 
@@ -137,6 +141,14 @@ class Node:
         return self._cid
 
     def _encode(self) -> bytes:
+        if _fast_encode is not None:
+            block = _fast_encode(
+                self.keys,
+                self.vals,
+                tuple(s if s is None or type(s) is CID else s.cid for s in self.subs),
+            )
+            if block is not None:
+                return block  # type: ignore[no-any-return]
         entries = []
         prev: str | None = None
         subs = self.subs
@@ -182,6 +194,22 @@ def decode_node(data: bytes, layer: int | None = None, *, verify: bool = True) -
     keys strictly increase, subtree links are dag-cbor SHA-256 CIDs.
     Raises ``InvalidMst``.
     """
+    if _fast_decode is not None:
+        fast = _fast_decode(data)
+        if fast is not None:  # canonical and meets every rule checked below
+            node_layer, keys, vals, subs = fast
+            if node_layer < 0:  # keyless: at the layer its parent expects
+                node_layer = MAX_LAYER + 1 if layer is None else layer
+                if node_layer == 0 and subs[0] is not None:
+                    node_layer = MAX_LAYER + 1
+            if node_layer <= MAX_LAYER and (layer is None or node_layer == layer):
+                node = Node(node_layer, keys, vals, subs)
+                node._block = data
+                return node
+    return _decode_node(data, layer, verify)
+
+
+def _decode_node(data: bytes, layer: int | None, verify: bool) -> Node:
     try:
         obj = cbor.decode(data, check_floats=False)  # every field's type is checked below
     except RoostError as exc:

@@ -107,12 +107,65 @@ async def test_a_dead_worker_is_replaced() -> None:
     verifier = Verifier(1)
     try:
         await verifier.start()
-        pool = verifier._pool
-        assert pool is not None
-        for pid in list(pool._processes):
+        pids = verifier.worker_pids()
+        assert len(pids) == 1
+        for pid in pids:
             os.kill(pid, signal.SIGKILL)
         await asyncio.sleep(0.2)
         verdicts = await verifier.verify([(frame(bodies[-1]), SPEC)])
         assert verdicts[0][0] is None and verifier.restarts == 1
+        assert verifier.worker_pids() != pids
+    finally:
+        verifier.close()
+
+
+async def test_worker_calls_share_messages_and_keep_their_order() -> None:
+    repo, bodies = commits(12)
+    forged = commits(2, key=PrivateKey.generate("k256"))[1][-1]
+    good = [(frame(b), SPEC) for b in bodies[1:]]
+    calls = [good[i::3] + [(frame(forged), SPEC)] for i in range(3)] * 8
+    verifier = Verifier(2)
+    try:
+        await verifier.start()
+        results = await asyncio.gather(*(verifier.verify(jobs) for jobs in calls))
+        for jobs, verdicts in zip(calls, results):
+            assert len(verdicts) == len(jobs)
+            assert [v[0] for v in verdicts] == [None] * (len(jobs) - 1) + ["BadCommitSignature"]
+        assert results[0][:-1] == [verify_one(f, k) for f, k in calls[0][:-1]]
+        # queued together: fewer round trips than calls
+        assert verifier.batches == len(calls) and verifier.messages < len(calls)
+        # a caller that goes away does not disturb the others
+        lost = asyncio.ensure_future(verifier.verify(good))
+        kept = asyncio.ensure_future(verifier.verify(good[:2]))
+        await asyncio.sleep(0)
+        lost.cancel()
+        assert [v[0] for v in await kept] == [None, None]
+        # a resync's whole-repo check runs in a worker too, errors and all
+        car = b"".join(repo.export_car())
+        rev, _, data, _ = await verifier.check_repo(car, DID, KEY.public_key)
+        assert (rev, data) == (repo.rev, repo.commit.data.bytes)
+        with pytest.raises(RoostError):
+            await verifier.check_repo(car, DID, PrivateKey.generate("k256").public_key)
+    finally:
+        verifier.close()
+    with pytest.raises(RoostError):
+        await verifier.verify(good)
+
+
+async def test_jobs_held_by_a_dying_worker_are_verified_again() -> None:
+    _, bodies = commits(6)
+    jobs = [(frame(b), SPEC) for b in bodies[1:]] * 40
+    verifier = Verifier(1)
+    try:
+        await verifier.start()
+        pids = verifier.worker_pids()
+        pending = asyncio.ensure_future(verifier.verify(jobs))
+        await asyncio.sleep(0)  # sent, not answered yet
+        assert not pending.done()
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        verdicts = await pending
+        assert [v[0] for v in verdicts] == [None] * len(jobs)
+        assert verifier.restarts == 1
     finally:
         verifier.close()
