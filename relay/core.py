@@ -79,6 +79,7 @@ class Relay:
         self._new_hosts: deque[float] = deque()
         self._host_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        self._pruning: asyncio.Future[int] | None = None
         self._recovering = False
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -150,6 +151,9 @@ class Relay:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._pruning is not None:
+            with contextlib.suppress(Exception):
+                await self._pruning
         self.store.close()
 
     async def _stop_consumers(self) -> None:
@@ -201,8 +205,15 @@ class Relay:
 
     async def _prune_forever(self) -> None:
         while True:
+            # Shielded: pruning runs in a thread, which cancelling this task would not
+            # stop; stop() waits for it instead, so the store is never closed under it.
+            self._pruning = asyncio.ensure_future(
+                self.writer.prune(self.config.replay_window_s, self.config.max_log_bytes)
+            )
             try:
-                await self.writer.prune(self.config.replay_window_s, self.config.max_log_bytes)
+                await asyncio.shield(self._pruning)
+            except asyncio.CancelledError:
+                raise
             except Exception:  # noqa: BLE001 - retried next round
                 log.exception("pruning the relay log failed")
             await asyncio.sleep(PRUNE_INTERVAL_S)
