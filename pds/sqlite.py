@@ -414,6 +414,13 @@ class PdsDatabase(_RepoReads):
         ).fetchone()[0]
         return int(blocks), int(blobs)
 
+    def largest_blob(self, did: str) -> int:
+        """Size in bytes of the account's largest stored blob (0 without blobs)."""
+        row = self._read.execute(
+            "SELECT COALESCE(MAX(size), 0) FROM blob WHERE did = ? AND temp_key IS NULL", (did,)
+        ).fetchone()
+        return int(row[0])
+
     # -- events ----------------------------------------------------------------
 
     def events_after(self, seq: int, limit: int) -> list[tuple[int, bytes]]:

@@ -421,9 +421,11 @@ class Ingest:
     async def _precheck_identity(
         self, host: HostRuntime, did: str, body: dict[str, Any], sub: Submission
     ) -> _Action | None:
-        acct = self.registry.account(did)
-        if acct is None or acct.host_id == host.id:
-            self.forget(did)  # its own host says it changed: forget our copy
+        # Forget our copy whoever sends it: from a host other than the account's,
+        # it is how a migration announces itself (the DID now names that host),
+        # and a cached document younger than the refresh floor would hide the move.
+        # The host's rate limits bound the lookups this costs.
+        self.forget(did)
         found = await self._authority(host, did, sub, fresh=True)
         if found is None:
             return None

@@ -7,8 +7,8 @@ account holder's machine against both PDSes over their public XRPC API:
 step  what                                                skipped on a re-run when
 ====  ==================================================  ============================
 1     log in to the old host                              (always)
-2     preflight: new host reachable, sign-up rules,       (always)
-      blob limit
+2     preflight: new host reachable, sign-up rules,       the DID already moved
+      blob size limit, free space
 3     service-auth token (old) -> createAccount (new)     the new account exists
 4     getRepo (old) -> importRepo (new)                   new repoRev = old rev
 5     listMissingBlobs (new): getBlob -> uploadBlob       nothing is missing
@@ -27,14 +27,32 @@ plainly whether the move is complete.
 
 For a did:web account the PLC steps are replaced by the exact ``did.json``
 the person must publish; the command waits until it is served.
+
+The preflight compares what the account holds with what the new host takes.
+``describeServer``'s ``blobUploadLimit`` (an optional lexicon field) is the
+largest blob the new host accepts; a roost host also publishes
+``roostStorage`` (free space, largest repo CAR) there, and reports the bytes
+of an account's repo and blobs and its largest blob in ``checkAccountStatus``
+(``roostRepoBytes``, ``roostBlobBytes``, ``roostLargestBlob``). Other hosts
+publish none of this; a check that lacks its figures is skipped, saying so,
+and a blob the new host refuses is reported at the end like any failed copy.
+
+``ROOST_MIGRATE_STOP_AFTER`` (``import``, ``blob`` or ``plc``) kills the
+command with SIGKILL right after that step (after the first blob for
+``blob``): the resumption tests use it to interrupt a real process at a known
+point, the way a crash or a closed laptop would.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import sys
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, TextIO
 from urllib.parse import urlsplit
@@ -42,10 +60,12 @@ from urllib.parse import urlsplit
 import httpx
 
 from roost.identity import DidDocument, DidResolver
-from roost.progress import Progress
+from roost.progress import Progress, format_bytes
 
 __all__ = [
     "BLOB_ATTEMPTS",
+    "STOP_AFTER_ENV",
+    "STOP_POINTS",
     "MigrateOptions",
     "MigrationError",
     "Migration",
@@ -64,6 +84,16 @@ TRANSFER_TIMEOUT_S: Final = 600.0
 RELAY_WAIT_S: Final = 20.0
 #: How long to wait for a did:web document to be updated before giving up.
 DID_WEB_WAIT_S: Final = 600.0
+#: Environment variable naming a step after which the command kills itself (tests).
+STOP_AFTER_ENV: Final = "ROOST_MIGRATE_STOP_AFTER"
+STOP_POINTS: Final = ("import", "blob", "plc")
+
+
+def _checkpoint(stage: str) -> None:
+    """SIGKILL this process if :data:`STOP_AFTER_ENV` names ``stage`` (see the module docstring)."""
+    if os.environ.get(STOP_AFTER_ENV) == stage:
+        sys.stdout.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class MigrationError(RuntimeError):
@@ -167,6 +197,16 @@ class Migration:
         self.did = ""
         self.old_handle = ""
         self.failed_blobs: list[str] = []
+        #: Wall time of each phase run (export, import, blobs, plc, activate, ...), seconds.
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def _timed(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - start
 
     def say(self, text: str) -> None:
         print(text, file=self.o.out, flush=True)
@@ -210,12 +250,15 @@ class Migration:
         moved = _same_host(doc.pds_endpoint, new.url)
         password = self.o.new_password or self.o.password
         exists = await self._try_login(new, password)
+        if not exists and moved:
+            raise MigrationError(
+                "the DID already points at the new host but no account there accepts this "
+                "password: log in to the new host directly")
+        if not moved:
+            if not exists:
+                self._check_signup(server)
+            await self._check_room(old, new if exists else None, server)
         if not exists:
-            if moved:
-                raise MigrationError(
-                    "the DID already points at the new host but no account there accepts this "
-                    "password: log in to the new host directly")
-            self._check_signup(server)
             self.step("creating the account on the new host (deactivated until the move)")
             token = (await old.call("GET", "com.atproto.server.getServiceAuth", params={
                 "aud": new_did, "lxm": "com.atproto.server.createAccount"}))["token"]
@@ -236,22 +279,26 @@ class Migration:
                     self.say("stopped before the point of no return; nothing visible changed. "
                              "Run again to continue.")
                     return 1
-                await self._update_identity(old, new)
+                with self._timed("plc"):
+                    await self._update_identity(old, new)
             self.step("activating the account on the new host")
-            await new.call("POST", "com.atproto.server.activateAccount")
+            with self._timed("activate"):
+                await new.call("POST", "com.atproto.server.activateAccount")
         self.step("deactivating the account on the old host")
         try:
-            await old.call("POST", "com.atproto.server.deactivateAccount", body={})
+            with self._timed("deactivate"):
+                await old.call("POST", "com.atproto.server.deactivateAccount", body={})
         except XrpcFailure as exc:
             self.say(f"    warning: {exc}")
-        return await self._checks(http, old, new)
+        with self._timed("checks"):
+            return await self._checks(http, old, new)
 
     def _default_handle(self, server: dict[str, Any]) -> str:
         domains = server.get("availableUserDomains") or []
         if not domains:
             raise MigrationError("the new host lists no user domains: pass --new-handle")
         first_label = self.old_handle.split(".", 1)[0]
-        return first_label + domains[0]
+        return first_label + str(domains[0])
 
     def _check_signup(self, server: dict[str, Any]) -> None:
         if server.get("inviteCodeRequired") and not self.o.invite_code:
@@ -260,6 +307,52 @@ class Migration:
             raise MigrationError(
                 "the new host admits members by application: apply on its web page first, "
                 "or ask its operator for an invite code (--invite-code)")
+
+    async def _check_room(self, old: _Host, new: _Host | None, server: dict[str, Any]) -> None:
+        """Refuse a move the new host cannot hold: a blob above its upload limit,
+        a repo above its import limit, more bytes than it has free.
+
+        ``new`` is given when the account already exists there (a re-run): what
+        it already holds is not counted again.
+        """
+        theirs = await old.call("GET", "com.atproto.server.checkAccountStatus")
+        largest, limit = theirs.get("roostLargestBlob"), server.get("blobUploadLimit")
+        if isinstance(largest, int) and isinstance(limit, int):
+            if largest > limit:
+                raise MigrationError(
+                    f"the account's largest blob is {format_bytes(largest)} but the new host "
+                    f"takes blobs up to {format_bytes(limit)}: ask its operator to raise the "
+                    "limit, or choose another host")
+            self.say(f"    blobs: largest {format_bytes(largest)}, "
+                     f"new host takes up to {format_bytes(limit)}")
+        else:
+            self.say("    blobs: size limit not checked ("
+                     + ("the new host does not publish blobUploadLimit" if limit is None
+                        else "the old host does not report blob sizes")
+                     + "); a blob it refuses is reported at the end")
+        storage = server.get("roostStorage")
+        repo_bytes, blob_bytes = theirs.get("roostRepoBytes"), theirs.get("roostBlobBytes")
+        if not (isinstance(storage, dict) and isinstance(repo_bytes, int)
+                and isinstance(blob_bytes, int)):
+            self.say("    space: not checked (the hosts do not report it)")
+            return
+        max_repo = storage.get("maxRepoBytes")
+        if isinstance(max_repo, int) and repo_bytes > max_repo:
+            raise MigrationError(
+                f"the repository takes {format_bytes(repo_bytes)} but the new host imports "
+                f"at most {format_bytes(max_repo)}")
+        need = repo_bytes + blob_bytes
+        if new is not None:  # a re-run: part of it is already there
+            ours = await new.call("GET", "com.atproto.server.checkAccountStatus")
+            need -= int(ours.get("roostRepoBytes", 0)) + int(ours.get("roostBlobBytes", 0))
+        need = max(need, 0)
+        free = storage.get("freeBytes")
+        if isinstance(free, int):
+            if need > free:
+                raise MigrationError(
+                    f"the account needs {format_bytes(need)} but the new host has only "
+                    f"{format_bytes(free)} free: ask its operator for room, or choose another host")
+            self.say(f"    space: {format_bytes(need)} to copy, {format_bytes(free)} free there")
 
     async def _try_login(self, new: _Host, password: str) -> bool:
         try:
@@ -281,13 +374,17 @@ class Migration:
             self.step(f"repository already imported ({status.get('indexedRecords')} records)")
         else:
             self.step("copying the repository")
-            car = await self._download_repo(old)
-            with Progress("import", stream=self.o.progress_stream, byte_counts=True) as bar:
+            with self._timed("export"):
+                car = await self._download_repo(old)
+            with (self._timed("import"),
+                  Progress("import", stream=self.o.progress_stream, byte_counts=True) as bar):
                 await new.call("POST", "com.atproto.repo.importRepo", content=car,
                                content_type="application/vnd.ipld.car",
                                timeout=TRANSFER_TIMEOUT_S)
                 bar.advance(len(car))
-        await self._copy_blobs(old, new)
+            _checkpoint("import")
+        with self._timed("blobs"):
+            await self._copy_blobs(old, new)
         self.step("copying preferences")
         try:
             prefs = await old.call("GET", "app.bsky.actor.getPreferences")
@@ -337,6 +434,7 @@ class Migration:
                 for cid in missing:
                     if await self._copy_blob(old, new, cid):
                         bar.advance()
+                        _checkpoint("blob")
                     else:
                         skip.add(cid)
                         self.failed_blobs.append(cid)
@@ -375,17 +473,27 @@ class Migration:
         if self.did.startswith("did:web:"):
             await self._did_web(new, creds)
             return
-        self.step("asking the old host for a confirmation code")
-        await old.call("POST", "com.atproto.identity.requestPlcOperationSignature")
-        token = self.o.plc_token or self.o.ask_token(
-            "Enter the confirmation code the old host sent you: ").strip()
+        token = self.o.plc_token
+        if token is None:
+            # asking again would replace a code already sent: only without --plc-token
+            self.step("asking the old host for a confirmation code")
+            await old.call("POST", "com.atproto.identity.requestPlcOperationSignature")
+            token = self.o.ask_token("Enter the confirmation code the old host sent you: ")
+        token = token.strip()
         if not token:
             raise MigrationError("no confirmation code given; run again to continue")
         self.step("signing the identity update (old host) and submitting it (new host)")
-        signed = await old.call("POST", "com.atproto.identity.signPlcOperation",
-                                body={"token": token, **creds})
+        try:
+            signed = await old.call("POST", "com.atproto.identity.signPlcOperation",
+                                    body={"token": token, **creds})
+        except XrpcFailure as exc:
+            if exc.error in ("InvalidToken", "ExpiredToken") and self.o.plc_token:
+                raise MigrationError(
+                    f"{exc}; run again without --plc-token to be sent a new code") from None
+            raise
         await new.call("POST", "com.atproto.identity.submitPlcOperation",
                        body={"operation": signed["operation"]})
+        _checkpoint("plc")
 
     async def _did_web(self, new: _Host, creds: dict[str, Any]) -> None:
         key = (creds.get("verificationMethods") or {}).get("atproto", "")

@@ -12,7 +12,10 @@ account (``spec/account-migration.md``):
   ``#identity`` (handle), then a fresh empty ``#commit`` signed with the
   account's key here at a new ``rev`` and ``#sync`` of that commit (the spec's
   proposal, section 8: relays that check signatures and revs accept it).
-- ``checkAccountStatus``: migration progress (repo, records, blobs, DID).
+- ``checkAccountStatus``: migration progress (repo, records, blobs, DID) and,
+  as roost extensions, the bytes the repo and blobs take and the largest blob
+  (``roostRepoBytes``, ``roostBlobBytes``, ``roostLargestBlob``), which the
+  migration preflight compares with the new host's ``describeServer``.
 - ``getServiceAuth``: a service-auth JWT signed with the account's key, e.g.
   for ``createAccount`` on the new host (``exp`` at most an hour away, a
   minute for a token not bound to a method; ``BadExpiration`` otherwise).
@@ -273,12 +276,17 @@ async def check_account_status(ctx: XrpcContext) -> dict[str, Any]:
     root = p.db.repo_root(account.did)
     if root is None:  # pragma: no cover - every account has a repo
         raise RoostError("The account has no repository")
+    repo_bytes, blob_bytes = p.db.storage_use(account.did)
     return {
         "activated": account.active,
         "validDid": await _did_valid(p, account),
         "repoCommit": str(root[0]),
         "repoRev": root[1],
         **p.db.account_counts(account.did),
+        # roost extension: what a move elsewhere must find room for (migration preflight)
+        "roostRepoBytes": repo_bytes,
+        "roostBlobBytes": blob_bytes,
+        "roostLargestBlob": p.db.largest_blob(account.did),
     }
 
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 from roost.auth import (
@@ -84,6 +86,7 @@ MAX_HANDLE_LABEL = 18
 MAX_APP_PASSWORD_NAME = 100
 #: Longest application (all answers together).
 MAX_APPLICATION_CHARS = 10_000
+_MIB = 1024 * 1024
 #: Login attempts (the reference PDS's budgets), counted per identifier and client
 #: address together: guessing one account's password from one place is slowed
 #: down, and nobody elsewhere can lock its holder out.
@@ -172,7 +175,10 @@ async def describe_server(ctx: XrpcContext) -> dict[str, Any]:
         "availableUserDomains": [config.handle_domain],
         "inviteCodeRequired": config.signup_mode == "invite",
         "phoneVerificationRequired": False,
+        "blobUploadLimit": config.max_blob_bytes,
         "links": {},
+        # roost extension: room for an account migrating in (its CLI checks this first)
+        "roostStorage": storage_report(config.data_dir),
     }
     links = out["links"]
     if config.privacy_url:
@@ -190,6 +196,19 @@ async def describe_server(ctx: XrpcContext) -> dict[str, Any]:
         if config.rules_url:
             out["roostApplication"]["rulesUrl"] = config.rules_url
     return out
+
+
+def storage_report(data_dir: Path) -> dict[str, int]:
+    """What an account moving here may bring: the largest repo CAR ``importRepo``
+    takes and the free space of the data volume, in whole MiB (no finer detail
+    about the machine is given out)."""
+    from pds.api.importer import MAX_IMPORT_BYTES  # noqa: PLC0415 (importer imports this module)
+
+    try:
+        free = shutil.disk_usage(data_dir).free
+    except OSError:
+        free = 0
+    return {"maxRepoBytes": MAX_IMPORT_BYTES, "freeBytes": free // _MIB * _MIB}
 
 
 def _application_answers(p: PdsContext, body: dict[str, Any]) -> str | None:

@@ -20,8 +20,8 @@ from starlette.routing import Route
 
 from pds.app import create_app as create_pds_app
 from roost.blockstore import MemoryBlockStore
-from roost.car import CarReader
-from roost.commit import Commit
+from roost.car import CarReader, car_bytes
+from roost.commit import Commit, sign_commit
 from roost.crypto import PrivateKey
 from roost.identity import DidDocument
 from roost.jwt import create_service_jwt
@@ -37,11 +37,15 @@ LIKE = "app.bsky.feed.like"
 PROFILE = "app.bsky.actor.profile"
 CAR = "application/vnd.ipld.car"
 CREATED = "2024-05-01T12:00:00.000Z"
+
+
 @contextmanager
-def second_pds(tmp: Path, first: Network, hostname: str) -> Iterator[Network]:
-    """Another PDS on loopback, against the same PLC directory as ``first``."""
+def second_pds(tmp: Path, first: Network, hostname: str, **overrides: Any) -> Iterator[Network]:
+    """Another PDS on loopback, against the same PLC directory as ``first``
+    (``overrides`` change its PdsConfig fields)."""
     port = free_port()
-    config = replace(first.config, port=port, data_dir=tmp / hostname, hostname=hostname)
+    config = replace(first.config, port=port, data_dir=tmp / hostname, hostname=hostname,
+                     **overrides)
     server = ServerThread(create_pds_app(config), port=port)
     url = server.start()
     net = Network(first.plc_url, url, config, httpx.Client(timeout=30))
@@ -95,6 +99,49 @@ def did_document(net: Network, did: str, web: dict[str, Any] | None = None) -> D
     if web is not None:
         return DidDocument.parse(web, did=did)
     return DidDocument.parse(net.http.get(f"{net.plc_url}/{did}").json(), did=did)
+
+
+def blob_cids(net: Network, did: str, session: dict[str, Any] | None = None) -> list[str]:
+    """Every blob CID ``listBlobs`` gives for the account, page by page (duplicates kept)."""
+    out: list[str] = []
+    cursor: str | None = None
+    while True:
+        params: dict[str, Any] = {"did": did, "limit": 1000, **({"cursor": cursor} if cursor else {})}
+        page = ok(net.query("com.atproto.sync.listBlobs", session, **params))
+        out += page["cids"]
+        cursor = page.get("cursor")
+        if not cursor or not page["cids"]:
+            return out
+
+
+def plc_ops(net: Network, did: str) -> list[dict[str, Any]]:
+    """The DID's operation log in the directory (audit form), oldest first."""
+    response = net.http.get(f"{net.plc_url}/{did}/log/audit")
+    assert response.status_code == 200, response.text
+    return list(response.json())
+
+
+def active_hosts(*hosts: Network, did: str) -> list[str]:
+    """The URLs of the hosts that answer for ``did`` as active."""
+    return [net.pds_url for net in hosts
+            if ok(net.query("com.atproto.sync.getRepoStatus", did=did))["active"]]
+
+
+def check_content_moved(
+    new: Network, session: dict[str, Any], before: dict[str, str], blobs_before: list[str],
+    images: list[bytes],
+) -> None:
+    """Every record (same CIDs) and every blob (same bytes) on ``new``, each once."""
+    did = session["did"]
+    assert records(new, did) == before
+    moved = blob_cids(new, did, session)
+    assert len(moved) == len(set(moved)) and sorted(moved) == sorted(blobs_before)
+    fetched = sorted(ok_bytes(new.query("com.atproto.sync.getBlob", did=did, cid=c))
+                     for c in moved)
+    assert fetched == sorted(images)
+    check = ok(new.query("com.atproto.server.checkAccountStatus", session))
+    assert check["indexedRecords"] == len(before)
+    assert check["expectedBlobs"] == check["importedBlobs"] == len(images)
 
 
 def populate(net: Network, session: dict[str, Any]) -> list[bytes]:
@@ -241,20 +288,33 @@ def test_migrate_plc_account(tmp_path: Path) -> None:
             "$type": "app.bsky.graph.follow", "subject": did, "createdAt": CREATED})
         before = records(old, did)
         old_commit = ok(old.query("com.atproto.sync.getLatestCommit", did=did))
+        ops_before = len(plc_ops(old, did))
 
         def refusals(session: dict[str, Any]) -> None:
             """Bad input between the import and the PLC operation changes nothing."""
             repo_before = ok_bytes(new.query("com.atproto.sync.getRepo", session, did=did))
-            # a CAR for another DID, and a tampered CAR
-            other = ok_bytes(old.query("com.atproto.sync.getRepo", did=bob["did"]))
-            error(import_car(new, session, other), 400, "InvalidRequest")
+            status_before = ok(new.query("com.atproto.server.checkAccountStatus", session))
             car = ok_bytes(old.query("com.atproto.sync.getRepo", did=did))
+            # a CAR for another DID (signed by that DID's key: a real export)
+            other = ok_bytes(old.query("com.atproto.sync.getRepo", did=bob["did"]))
+            message = error(import_car(new, session, other), 400, "InvalidRequest")
+            assert bob["did"] in message and did in message
+            # changed bytes in the last block; a record whose bytes no longer match its CID
             tampered = car[:-3] + bytes([car[-3] ^ 1]) + car[-2:]
-            error(import_car(new, session, tampered), 400, "InvalidRequest")
+            assert error(import_car(new, session, tampered), 400, "InvalidRequest").startswith(
+                "Invalid repo CAR")
+            message = error(import_car(new, session, _tamper_record(car)), 400, "InvalidRequest")
+            assert "Invalid repo CAR" in message and "hash" in message.lower()
+            # the same data under a commit signed by a key the DID never held
+            message = error(import_car(new, session, _resign(car, PrivateKey.generate("k256"))),
+                            400, "InvalidRequest")
+            assert "not signed by a key of" in message
             assert ok_bytes(new.query("com.atproto.sync.getRepo", session, did=did)) == repo_before
+            assert ok(new.query("com.atproto.server.checkAccountStatus", session)) == status_before
             # activating before the DID points here
             r = new.call("com.atproto.server.activateAccount", session)
             assert r.status_code == 400 and "rotation key" in r.json()["message"]
+            assert r.json()["error"] == "InvalidRequest"
             assert ok(new.query("com.atproto.sync.getRepoStatus", did=did))["active"] is False
             # a PLC operation signed by a key that may not sign for the DID
             rotation = PrivateKey.generate("k256")
@@ -267,6 +327,8 @@ def test_migrate_plc_account(tmp_path: Path) -> None:
             forged = sign_op(parse_op(op), rotation).to_json()
             r = new.call("com.atproto.identity.submitPlcOperation", session, operation=forged)
             assert r.status_code == 400 and "refused" in r.json()["message"]
+            assert r.json()["error"] == "InvalidRequest"
+            assert len(plc_ops(old, did)) == ops_before
             # a token is good once
             r = old.call("com.atproto.identity.signPlcOperation", alice, token=token)
             error(r, 400, "InvalidToken")
@@ -279,6 +341,9 @@ def test_migrate_plc_account(tmp_path: Path) -> None:
             assert did_document(old, did).pds_endpoint == old.pds_url
             assert not [e for e in stored_events(new) if e[1].get("did", e[1].get("repo")) == did]
             assert ok(old.query("com.atproto.sync.getLatestCommit", did=did)) == old_commit
+            assert records(old, did) == before
+            assert ok(old.query("com.atproto.sync.getRepoStatus", did=did))["active"] is True
+            assert len(plc_ops(old, did)) == ops_before
 
         def plc_update(session: dict[str, Any], recommended: dict[str, Any]) -> None:
             # 8. the old host signs (after a token from its outbox), 9. the new one submits
@@ -302,6 +367,27 @@ def test_migrate_plc_account(tmp_path: Path) -> None:
         assert [f["value"]["subject"] for f in follows] == [did]
         # logging in again on the new host works by the new handle
         assert login(new, "alice.pds2.test")["active"] is True
+
+
+def _resign(car: bytes, key: PrivateKey) -> bytes:
+    """The CAR's blocks under a commit over the same data signed with ``key``."""
+    reader = CarReader(car)
+    blocks = dict(reader)
+    root = reader.roots[0]
+    commit = Commit.decode(blocks.pop(root), root)
+    forged = sign_commit(commit.did, commit.data, commit.rev, key)
+    return car_bytes([forged.cid], {forged.cid: forged.block, **blocks})
+
+
+def _tamper_record(car: bytes) -> bytes:
+    """The CAR with one post's text changed, its CID kept (the bytes no longer hash to it)."""
+    reader = CarReader(car)
+    blocks = dict(reader)
+    for cid, block in blocks.items():
+        if b"post 1" in block:
+            blocks[cid] = block.replace(b"post 1", b"post X")
+            return car_bytes(reader.roots, blocks)
+    raise AssertionError("no post in the CAR")
 
 
 def _outbox_token(net: Network, did: str) -> str:
