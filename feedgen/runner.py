@@ -112,26 +112,42 @@ def _json(value: str) -> str:
 
 
 _PLAIN_POSTS: Final = re.compile(f"(?:{_PLAIN_POST.pattern}\n)*{_PLAIN_POST.pattern}")
+_PLAIN_REPOST: Final = _PLAIN_POST.pattern.replace(r"feed\.post/", r"feed\.repost/")
+_PLAIN_REPOSTS: Final = re.compile(f"(?:{_PLAIN_REPOST}\n)*{_PLAIN_REPOST}")
 
 
-def _plain_posts(items: Sequence[object]) -> list[str] | None:
-    """The post URIs of a page of plain items (strings, or FeedItems that are not reposts)
-    when every one of them can be copied into the answer as it is; else None."""
+def _plain_entries(items: Sequence[object]) -> str | None:
+    """The ``feed`` entries of a page of plain items (strings, or FeedItems: posts and
+    reposts) when every URI in it can be copied into the answer as it is; else None."""
     if not items:
         return None
     first = type(items[0])
+    reposts: list[tuple[int, str]] = []
     if first is str:
         posts = items
         if any(type(i) is not str for i in posts):
             return None
     elif first is FeedItem:
-        if any(type(i) is not FeedItem or i[3] is not None for i in items):
+        if any(type(i) is not FeedItem for i in items):
             return None
         posts = [i[0] for i in items]  # type: ignore[index]
+        reposts = [(n, i[3]) for n, i in enumerate(items) if i[3] is not None]  # type: ignore[index]
+        if reposts and (
+            any(type(r) is not str for _, r in reposts)
+            or not _PLAIN_REPOSTS.fullmatch("\n".join(r for _, r in reposts))
+        ):
+            return None
     else:
         return None
-    joined = "\n".join(posts)  # type: ignore[arg-type]
-    return posts if _PLAIN_POSTS.fullmatch(joined) else None  # type: ignore[return-value]
+    if any(type(p) is not str for p in posts) or not _PLAIN_POSTS.fullmatch("\n".join(posts)):  # type: ignore[arg-type]
+        return None
+    if not reposts:
+        return '{"post":"' + '"},{"post":"'.join(posts) + '"}'  # type: ignore[arg-type]
+    entries = ['{"post":"' + post + '"}' for post in posts]  # type: ignore[operator]
+    for n, repost in reposts:
+        entries[n] = (f'{{"post":"{posts[n]}","reason":{{"$type":"{_REPOST_REASON}",'
+                      f'"repost":"{repost}"}}}}')
+    return ",".join(entries)
 
 
 def skeleton(feed: Feed, result: object, limit: int) -> tuple[bytes, str | None]:
@@ -147,9 +163,9 @@ def skeleton(feed: Feed, result: object, limit: int) -> tuple[bytes, str | None]
         raise AlgorithmFailed(f"{name} returned {len(items)} items for a limit of {limit}")
     plain = _PLAIN_POST.fullmatch
     parts: list[str] = []
-    fast = _plain_posts(items)
-    if fast is not None:  # the common page: one regex and one join for all of it
-        parts.append('{"post":"' + '"},{"post":"'.join(fast) + '"}')
+    fast = _plain_entries(items)
+    if fast is not None:  # the common page: a regex and a join for all of it
+        parts.append(fast)
         items = ()
     for item in items:
         kind = type(item)
@@ -248,6 +264,8 @@ class Runner:
         if timeout <= 0 or threads < 1 or cache_ttl < 0:
             raise ValueError("timeout must be positive, threads at least 1, cache_ttl >= 0")
         self.index = index
+        #: Reads wait on a database server (PostgreSQL): never run them on the loop.
+        self._blocking = bool(getattr(index, "blocking", False))
         self.timeout = timeout
         self.threads = threads
         self.cache = PageCache(cache_ttl) if cache_ttl > 0 else None
@@ -284,7 +302,7 @@ class Runner:
             )
         if feed.is_async:
             result = await self._run_async(feed, request)
-        elif feed.algorithm.runs_inline:
+        elif feed.algorithm.runs_inline and not self._blocking:
             result = self._run_inline(feed, request)
         else:
             result = await self._run_thread(feed, request)

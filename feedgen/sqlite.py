@@ -7,7 +7,11 @@ the stream cursor it covers and a bump of the ``version`` counter commit
 together. To keep batches cheap the ops are cut into runs in which no record
 URI repeats; within a run the order does not matter (creates ignore rows that
 exist, counters are kept by triggers whatever the order), so each run is
-applied as one ``executemany`` per kind.
+applied as one statement per kind: ``executemany`` for a few rows, and for
+many one ``INSERT ... SELECT`` over a JSON array of them (SQLite then does the
+whole run, triggers included, without handing Python's GIL back and forth
+once per row, so the indexer's writer thread runs beside the thread that
+decodes the stream instead of taking turns with it).
 
 Derived data lives in triggers, so any writer keeps it right:
 
@@ -40,6 +44,14 @@ make a page short; a short page that left authors out is computed again
 with exact times. For kept readers of the following feed (``reader``,
 ``reader_follow``, see :mod:`feedgen.readers`) the follow list itself holds
 these times, indexed, so only the accounts that can be on the page are read.
+
+Kept readers also have a materialised timeline (``timeline``): every post
+and repost by the accounts they follow (and their own) whose key is at or
+above the reader's *floor*, kept by triggers as posts, reposts, follows and
+deletes are indexed. A page is then one range of that table; only a page
+reaching below the floor is completed the way above. A timeline starts with
+the newest :data:`TIMELINE_ITEMS` items and is cut back to that many (the
+floor rising) once it has doubled.
 """
 
 from __future__ import annotations
@@ -79,6 +91,9 @@ BUSY_TIMEOUT_MS: Final = 30_000
 MMAP_BYTES: Final = 1 << 30
 #: Page cache per connection, KiB.
 CACHE_KIB: Final = 64 * 1024
+#: Items a kept reader's timeline starts with (ten pages of 50); it grows with new items
+#: and is cut back to this many when it has doubled (see ``forget_readers``).
+TIMELINE_ITEMS: Final = 500
 
 
 
@@ -254,6 +269,60 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         UPDATE post SET repost_count = repost_count - 1 WHERE uri = OLD.subject;
     END;
     """,
+    """
+    -- kept readers' timelines: every post and repost by an account they follow (and by
+    -- themselves) whose key is at or above the reader's floor; the readers of version 1
+    -- are let go (they are kept again on their next read)
+    DELETE FROM reader_follow;
+    DELETE FROM reader;
+    ALTER TABLE reader ADD COLUMN floor_at INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE reader ADD COLUMN floor_cid BLOB NOT NULL DEFAULT x'';
+    ALTER TABLE reader ADD COLUMN floor_id INTEGER NOT NULL DEFAULT 0;
+    -- uri: the post's, or the repost's (then subject is the post reposted): a page is
+    -- read from this table alone
+    CREATE TABLE timeline (
+        reader TEXT NOT NULL, sort_at INTEGER NOT NULL, cid BLOB NOT NULL, id INTEGER NOT NULL,
+        repost INTEGER NOT NULL, uri TEXT NOT NULL, subject TEXT,
+        PRIMARY KEY (reader, sort_at, cid, id, repost)
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE TRIGGER timeline_post_added AFTER INSERT ON post BEGIN
+        INSERT OR IGNORE INTO timeline (reader, sort_at, cid, id, repost, uri)
+            SELECT r.did, NEW.sort_at, NEW.cid, NEW.id, 0, NEW.uri
+            FROM reader_follow f JOIN reader r ON r.did = f.reader
+            WHERE f.subject = NEW.author
+              AND (NEW.sort_at, NEW.cid, NEW.id) >= (r.floor_at, r.floor_cid, r.floor_id);
+    END;
+    CREATE TRIGGER timeline_post_removed AFTER DELETE ON post BEGIN
+        DELETE FROM timeline WHERE reader IN (SELECT reader FROM reader_follow WHERE subject = OLD.author)
+            AND sort_at = OLD.sort_at AND cid = OLD.cid AND id = OLD.id AND repost = 0;
+    END;
+    CREATE TRIGGER timeline_repost_added AFTER INSERT ON repost BEGIN
+        INSERT OR IGNORE INTO timeline (reader, sort_at, cid, id, repost, uri, subject)
+            SELECT r.did, NEW.sort_at, NEW.cid, NEW.id, 1, NEW.uri, NEW.subject
+            FROM reader_follow f JOIN reader r ON r.did = f.reader
+            WHERE f.subject = NEW.author
+              AND (NEW.sort_at, NEW.cid, NEW.id) >= (r.floor_at, r.floor_cid, r.floor_id);
+    END;
+    CREATE TRIGGER timeline_repost_removed AFTER DELETE ON repost BEGIN
+        DELETE FROM timeline WHERE reader IN (SELECT reader FROM reader_follow WHERE subject = OLD.author)
+            AND sort_at = OLD.sort_at AND cid = OLD.cid AND id = OLD.id AND repost = 1;
+    END;
+    CREATE TRIGGER timeline_follow_added AFTER INSERT ON reader_follow BEGIN
+        INSERT OR IGNORE INTO timeline (reader, sort_at, cid, id, repost, uri)
+            SELECT r.did, p.sort_at, p.cid, p.id, 0, p.uri FROM reader r JOIN post p
+            WHERE r.did = NEW.reader AND p.author = NEW.subject
+              AND (p.sort_at, p.cid, p.id) >= (r.floor_at, r.floor_cid, r.floor_id);
+        INSERT OR IGNORE INTO timeline (reader, sort_at, cid, id, repost, uri, subject)
+            SELECT r.did, s.sort_at, s.cid, s.id, 1, s.uri, s.subject FROM reader r JOIN repost s
+            WHERE r.did = NEW.reader AND s.author = NEW.subject
+              AND (s.sort_at, s.cid, s.id) >= (r.floor_at, r.floor_cid, r.floor_id);
+    END;
+    CREATE TRIGGER timeline_follow_removed AFTER DELETE ON reader_follow BEGIN
+        DELETE FROM timeline WHERE reader = OLD.reader
+            AND uri >= 'at://' || OLD.subject || '/' AND uri < 'at://' || OLD.subject || '0';
+    END;
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -278,8 +347,9 @@ NO_FULLTEXT: Final = (
     "DROP TABLE IF EXISTS post_fts",
 )
 
-# A key above every real one (the first page starts "before" it).
+# A key above every real one (the first page starts "before" it), and one below.
 _TOP: Final = SortKey(1 << 62, b"\xff" * 64, 1 << 62)
+_BOTTOM: Final = SortKey(-(1 << 62), b"", 0)
 _ORDER: Final = "ORDER BY sort_at DESC, cid DESC, id DESC"
 
 _INSERT: Final[dict[type, str]] = {
@@ -295,6 +365,52 @@ _INSERT: Final[dict[type, str]] = {
     ActorHost: "INSERT INTO actor (did, host) VALUES (?, ?)"
     " ON CONFLICT (did) DO UPDATE SET host = excluded.host",
 }
+#: Rows of one kind in a run from which they are sent as one JSON document instead
+#: of one statement each (see ``_apply_run``).
+BULK_ROWS: Final = 32
+
+
+def _bulk_insert(sql: str) -> str:
+    """``sql`` (an ``INSERT ... VALUES (?, ...)``) reading its rows from a JSON array
+    (parameter 1) of arrays; a BLOB column holds the (1-based offset, length) of its
+    bytes in parameter 2."""
+    head, _, values = sql.partition(" VALUES ")
+    columns = head[head.index("(") + 1 : head.index(")")].split(", ")
+    picks, slot = [], 0
+    for column in columns:
+        if column == "cid":
+            picks.append(f"substr(?2, value ->> {slot}, value ->> {slot + 1})")
+            slot += 2
+        else:
+            picks.append(f"value ->> {slot}")
+            slot += 1
+    tail = values.partition(")")[2]  # ON CONFLICT ...
+    return f"{head} SELECT {', '.join(picks)} FROM json_each(?1) WHERE 1{tail}"
+
+
+_BULK_INSERT: Final[dict[type, str]] = {
+    kind: _bulk_insert(sql) for kind, sql in _INSERT.items() if kind is not ActorHost
+}
+
+
+def _bulk_params(rows: list[tuple[Any, ...]]) -> tuple[str, bytes]:
+    """The two parameters of a ``_BULK_INSERT`` statement for ``rows``."""
+    blobs: list[bytes] = []
+    offset = 1
+    out = []
+    for row in rows:
+        flat: list[Any] = []
+        for value in row:
+            if type(value) is bytes:
+                blobs.append(value)
+                flat += (offset, len(value))
+                offset += len(value)
+            else:
+                flat.append(value)
+        out.append(flat)
+    return json.dumps(out, ensure_ascii=False, separators=(",", ":")), b"".join(blobs)
+
+
 _DELETE: Final[dict[str, str]] = {
     "app.bsky.feed.post": "DELETE FROM post WHERE uri = ?",
     "app.bsky.feed.like": "DELETE FROM post_like WHERE uri = ?",
@@ -367,12 +483,18 @@ def _did_range(did: str) -> tuple[str, str]:
 class SqliteIndex:
     """The feed index in one SQLite file (see the module docstring)."""
 
-    def __init__(self, path: Path, *, fulltext: bool | None = None) -> None:
+    def __init__(
+        self, path: Path, *, fulltext: bool | None = None, timeline_items: int = TIMELINE_ITEMS
+    ) -> None:
         """Open (creating or migrating) the index at ``path``.
 
         ``fulltext``: keep the full-text index of post text (True), drop it
         (False), or leave it as it is (None: the choice of whoever set it).
+        ``timeline_items``: items a newly kept reader's timeline starts with.
         """
+        if timeline_items < 1:
+            raise ValueError("timeline_items must be at least 1")
+        self.timeline_items = timeline_items
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -450,9 +572,7 @@ class SqliteIndex:
             low, high = _did_range(run[0].did)
             for table in _PURGE_TABLES:
                 db.execute(f"DELETE FROM {table} WHERE uri >= ? AND uri < ?", (low, high))
-            did = run[0].did
-            db.execute("DELETE FROM reader_follow WHERE reader = ?", (did,))
-            db.execute("DELETE FROM reader WHERE did = ?", (did,))
+            _drop_readers(db, [run[0].did])
             return
         inserts: dict[type, list[tuple[Any, ...]]] = {}
         deletes: dict[str, list[tuple[str]]] = {}
@@ -467,6 +587,15 @@ class SqliteIndex:
         for sql, rows in deletes.items():
             db.executemany(sql, rows)
         for kind, rows in inserts.items():
+            bulk = _BULK_INSERT.get(kind)
+            if bulk is not None and len(rows) >= BULK_ROWS:
+                # one statement for all: SQLite runs it (triggers and all) without
+                # taking Python's GIL back once per row, so a writer thread really
+                # runs next to the thread that reads the stream
+                text, blobs = _bulk_params(rows)
+                if "\\u0000" not in text:  # (SQLite's JSON would cut a text at a NUL)
+                    db.execute(bulk, (text, blobs) if "?2" in bulk else (text,))
+                    continue
             db.executemany(_INSERT[kind], rows)
 
     def cursor(self, service: str) -> int | None:
@@ -527,7 +656,14 @@ class SqliteIndex:
                     if db.execute("SELECT 1 FROM reader WHERE did = ?", (did,)).fetchone():
                         db.execute("UPDATE reader SET seen = ? WHERE did = ?", (now_ms, did))
                         continue
-                    db.execute("INSERT INTO reader (did, seen) VALUES (?, ?)", (did, now_ms))
+                    # the timeline starts with the newest ``timeline_items`` items (the
+                    # reader_follow rows fill it, by trigger, down to this floor)
+                    floor = _timeline_floor(db, did, self.timeline_items)
+                    db.execute(
+                        "INSERT INTO reader (did, seen, floor_at, floor_cid, floor_id)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (did, now_ms, *floor),
+                    )
                     db.execute(
                         "INSERT OR IGNORE INTO reader_follow (reader, subject, latest)"
                         " SELECT ?, s.a, x.latest FROM (SELECT subject AS a FROM follow"
@@ -542,7 +678,11 @@ class SqliteIndex:
         return added
 
     def forget_readers(self, seen_before_ms: int) -> int:
-        """Stop keeping readers not seen since ``seen_before_ms``; returns how many."""
+        """Stop keeping readers not seen since ``seen_before_ms``; returns how many.
+
+        Timelines grown past twice ``timeline_items`` are cut back to that many
+        (their floor rises to the last item kept).
+        """
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
@@ -550,9 +690,25 @@ class SqliteIndex:
                 gone = [r[0] for r in db.execute(
                     "SELECT did FROM reader WHERE seen < ?", (seen_before_ms,)
                 )]
-                for did in gone:
-                    db.execute("DELETE FROM reader_follow WHERE reader = ?", (did,))
-                    db.execute("DELETE FROM reader WHERE did = ?", (did,))
+                _drop_readers(db, gone)
+                keep = self.timeline_items
+                grown = db.execute(
+                    "SELECT reader FROM timeline GROUP BY reader HAVING count(*) > ?", (2 * keep,)
+                ).fetchall()
+                for (did,) in grown:
+                    floor = db.execute(
+                        "SELECT sort_at, cid, id FROM timeline WHERE reader = ?"
+                        " ORDER BY sort_at DESC, cid DESC, id DESC LIMIT 1 OFFSET ?",
+                        (did, keep - 1),
+                    ).fetchone()
+                    db.execute(
+                        "UPDATE reader SET floor_at = ?, floor_cid = ?, floor_id = ? WHERE did = ?",
+                        (*floor, did),
+                    )
+                    db.execute(
+                        "DELETE FROM timeline WHERE reader = ? AND (sort_at, cid, id) < (?, ?, ?)",
+                        (did, *floor),
+                    )
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -576,6 +732,51 @@ class SqliteIndex:
             self._reader.close()
         with self._lock:
             self._db.close()
+
+
+#: The first time window looked at for a new timeline's floor, ms (it doubles until the
+#: window holds enough items).
+_FLOOR_WINDOW_MS: Final = 3_600_000
+_FLOOR_QUERY: Final = (
+    "WITH a AS (SELECT subject AS did FROM follow WHERE author = :did UNION SELECT :did)"
+    " SELECT sort_at, cid, id FROM post WHERE author IN a AND sort_at >= :since"
+    " UNION ALL SELECT sort_at, cid, id FROM repost WHERE author IN a AND sort_at >= :since"
+    f" {_ORDER} LIMIT 1 OFFSET :skip"
+)
+
+
+def _timeline_floor(db: sqlite3.Connection, did: str, items: int) -> SortKey:
+    """The key of the ``items``-th newest post or repost by ``did`` and the accounts it
+    follows (:data:`_BOTTOM` if there are fewer): the floor of a new timeline.
+
+    Looked for in a time window before the newest such item, doubled until it holds
+    that many, so only about as many index entries are read as the timeline keeps.
+    """
+    row = db.execute(
+        "SELECT max(x.latest) FROM actor x WHERE x.did IN"
+        " (SELECT subject FROM follow WHERE author = :did UNION SELECT :did)",
+        {"did": did},
+    ).fetchone()
+    if row is None or row[0] is None:
+        return _BOTTOM
+    newest: int = row[0]
+    window = _FLOOR_WINDOW_MS
+    while True:
+        since = newest - window if window < 1 << 50 else _NO_FLOOR
+        found = db.execute(_FLOOR_QUERY, {"did": did, "since": since, "skip": items - 1}).fetchone()
+        if found is not None:
+            return _tuple(SortKey, found)
+        if since == _NO_FLOOR:
+            return _BOTTOM
+        window *= 2
+
+
+def _drop_readers(db: sqlite3.Connection, dids: Iterable[str]) -> None:
+    """Stop keeping these readers (the timeline goes first: its follow trigger is then idle)."""
+    for did in dids:
+        db.execute("DELETE FROM timeline WHERE reader = ?", (did,))
+        db.execute("DELETE FROM reader_follow WHERE reader = ?", (did,))
+        db.execute("DELETE FROM reader WHERE did = ?", (did,))
 
 
 def _has_fulltext(db: sqlite3.Connection) -> bool:
@@ -658,6 +859,14 @@ _GATHER_WHERE: Final = (
     f" AND (sort_at, cid, id) < (:at, :cid, :id) {{extra}} {_ORDER} LIMIT :n"
 )
 _NO_FLOOR: Final = -(1 << 62)
+#: A kept reader's page from their timeline (the post's URI, or the repost's row).
+_TIMELINE: Final = (
+    "SELECT sort_at, cid, id, uri, subject FROM timeline"
+    " WHERE reader = ? AND (sort_at, cid, id) < (?, ?, ?) {extra}"
+    " ORDER BY sort_at DESC, cid DESC, id DESC, repost DESC LIMIT ?"
+)
+_TIMELINE_ALL: Final = _TIMELINE.format(extra="")
+_TIMELINE_POSTS: Final = _TIMELINE.format(extra="AND repost = 0")
 
 
 class SqliteReader:
@@ -736,13 +945,41 @@ class SqliteReader:
     ) -> list[FeedItem]:
         tables = ("post", "repost") if reposts else ("post",)
         db = self._db()
-        kept = db.execute("SELECT 1 FROM reader WHERE did = ?", (viewer,)).fetchone() is not None
+        floor = db.execute(
+            "SELECT floor_at, floor_cid, floor_id FROM reader WHERE did = ?", (viewer,)
+        ).fetchone()
         hook = self.on_reader
         if hook is not None:
-            hook(viewer, kept)
-        if kept:
-            return self._by_reader(db, viewer, tables, limit, before)
-        return self._by_authors(tables, "follows", (viewer, viewer), limit, before, "")
+            hook(viewer, floor is not None)
+        if floor is None:
+            return self._by_authors(tables, "follows", (viewer, viewer), limit, before, "")
+        items = self._by_timeline(db, viewer, reposts, limit, before)
+        if len(items) < limit:
+            # the timeline holds everything at or above its floor: the rest is below it
+            floor_key = _tuple(SortKey, floor)
+            below = floor_key if before is None or floor_key < before else before
+            if below != _BOTTOM:
+                items += self._by_reader(db, viewer, tables, limit - len(items), below)
+        return items
+
+    def _by_timeline(
+        self,
+        db: sqlite3.Connection,
+        viewer: str,
+        reposts: bool,
+        limit: int,
+        before: SortKey | None,
+    ) -> list[FeedItem]:
+        """A kept reader's items from their timeline (all of them at or above its floor)."""
+        rows = db.execute(_TIMELINE_ALL if reposts else _TIMELINE_POSTS,
+                          (viewer, *_key_params(before), limit))
+        return [
+            _tuple(FeedItem, (uri, uri[5 : uri.index("/", 5)], _tuple(SortKey, (at, cid, id_)), None))
+            if subject is None
+            else _tuple(FeedItem, (subject, uri[5 : uri.index("/", 5)],
+                                   _tuple(SortKey, (at, cid, id_)), uri))
+            for at, cid, id_, uri, subject in rows
+        ]
 
     def _by_reader(
         self,

@@ -100,6 +100,8 @@ from roost.cursors import (
 from roost.errors import (
     BadCommitSignature,
     BlockHashMismatch,
+    CarError,
+    CarTruncated,
     CborDecodeError,
     InvalidCommit,
     MissingBlock,
@@ -653,7 +655,7 @@ class FirehoseDecoder:
             if decode and cid is not None:
                 if store is None:
                     # hashes are checked below, only for the blocks we use
-                    store = dict(CarReader(blocks, verify_hashes=False))
+                    store = _blocks_of(blocks, [m[3] for m in matching if m[3] is not None])
                 data = store.get(cid)
                 if data is None:
                     raise MissingBlock(f"record block {cid} for {collection}/{rkey} is missing", cid)
@@ -666,6 +668,99 @@ class FirehoseDecoder:
         return _new_commit(
             raw.seq, did, rev, since, commit, prev_data, time_, tuple(ops), blocks, too_big
         )
+
+
+def _blocks_of(car: bytes, wanted: list[CID]) -> dict[CID, bytes]:
+    """The blocks of the ``wanted`` CIDs in ``car``; missing ones are left out.
+
+    A commit's CAR holds its commit block and MST nodes besides the records,
+    and a consumer wants only the records of the ops it kept. Each wanted
+    CID's bytes are looked for directly: where they start a section (behind
+    its one- or two-byte length) and the block hashes to that CID, that is
+    the block, whatever else the CAR holds (a record is trusted for its hash
+    alone). CIDs not found so are looked for by walking the sections. The
+    header is checked as :class:`~roost.car.CarReader` checks it (at a glance
+    when it is the usual one: one dag-cbor root, version 1).
+    """
+    if not (car.startswith(_USUAL_CAR_HEADER) and car.startswith(_USUAL_CAR_HEADER_END, 50)):
+        CarReader(car, verify_hashes=False)  # the header: raises if it is malformed
+    found: dict[CID, bytes] = {}
+    rest: list[CID] = []
+    for cid in wanted:
+        block = _find_block(car, cid)
+        if block is None:
+            rest.append(cid)
+        else:
+            found[cid] = block
+    if rest:
+        found.update(_walk_blocks(car, rest))
+    return found
+
+
+# A CAR header in canonical DAG-CBOR: {"roots": [<dag-cbor sha2-256 CID link>], "version": 1}
+# (58 bytes after its length), the 32 digest bytes between the two parts.
+_USUAL_CAR_HEADER: Final = b"\x3a\xa2\x65roots\x81\xd8\x2a\x58\x25\x00\x01\x71\x12\x20"
+_USUAL_CAR_HEADER_END: Final = b"\x67version\x01"
+
+
+def _find_block(car: bytes, cid: CID) -> bytes | None:
+    """The block of ``cid`` located by a search for its bytes (see :func:`_blocks_of`)."""
+    key = cid.bytes
+    size = len(key)
+    at = car.find(key)
+    while at > 0:
+        # a section is <length varint><cid><block>: try a one- and a two-byte length
+        last = car[at - 1]
+        if last < 0x80:
+            if last >= size and at + last <= len(car):
+                block = car[at + size : at - 1 + last + 1]
+                if cid.matches(block):
+                    return block
+            if at > 1 and car[at - 2] >= 0x80 and last:
+                length = (car[at - 2] & 0x7F) | (last << 7)
+                if length >= size and at + length <= len(car):
+                    block = car[at + size : at + length]
+                    if cid.matches(block):
+                        return block
+        at = car.find(key, at + 1)
+    return None
+
+
+def _walk_blocks(car: bytes, wanted: list[CID]) -> dict[CID, bytes]:
+    """The blocks of ``wanted`` by walking the sections (hashes not checked). CIDs are
+    self-delimiting, so a section whose CID starts with a wanted CID's bytes is its."""
+    header, pos = _uvarint(car, 0)
+    pos += header
+    targets = {cid.bytes: cid for cid in wanted}
+    found: dict[CID, bytes] = {}
+    end = len(car)
+    while pos < end and len(found) < len(targets):
+        size, start = _uvarint(car, pos)
+        stop = start + size
+        if size == 0 or stop > end:
+            raise CarTruncated(f"block section at offset {pos} is empty or cut short")
+        for key, cid in targets.items():
+            if cid not in found and car.startswith(key, start):
+                found[cid] = car[start + len(key) : stop]
+                break
+        pos = stop
+    return found
+
+
+def _uvarint(buf: bytes, pos: int) -> tuple[int, int]:
+    """The minimal unsigned varint at ``buf[pos:]`` and the position after it."""
+    value = shift = 0
+    end = len(buf)
+    while pos < end and shift <= 56:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            if byte == 0 and shift:
+                break
+            return value, pos
+        shift += 7
+    raise CarError(f"bad varint in CAR at offset {pos}")
 
 
 def _error_from_frame(body: dict[str, Any]) -> RoostError:

@@ -65,6 +65,7 @@ __all__ = [
     "parse_jwt",
     "verify_hs256_jwt",
     "verify_service_jwt",
+    "verify_service_signature",
 ]
 
 ACCESS_TOKEN_TYP: Final = "at+jwt"
@@ -157,15 +158,16 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+#: One strict decoder for every segment (building one per call costs more than a small decode).
+_STRICT_JSON: Final = json.JSONDecoder(
+    parse_constant=_reject_constant, parse_float=_finite_float, object_pairs_hook=_no_duplicates
+)
+
+
 def _json_object(segment: str, what: str) -> dict[str, Any]:
     try:
         raw = b64url_decode(segment)
-        value = json.loads(
-            raw.decode("utf-8"),
-            parse_constant=_reject_constant,
-            parse_float=_finite_float,
-            object_pairs_hook=_no_duplicates,
-        )
+        value = _STRICT_JSON.decode(raw.decode("utf-8"))
     except (ValueError, RecursionError):
         raise BadJwt(f"poorly formatted jwt: {what} is not base64url JSON") from None
     if not isinstance(value, dict):
@@ -379,6 +381,13 @@ def verify_service_jwt(
     ``r || s``; high-S is accepted here (as the reference does), DER is not.
     """
     claims = check_service_claims(parsed, aud=aud, lxm=lxm, now=now)
+    verify_service_signature(parsed, key)
+    return claims
+
+
+def verify_service_signature(parsed: ParsedJwt, key: PublicKey) -> None:
+    """The signature half of :func:`verify_service_jwt`, for callers that have
+    already checked the claims: ``alg`` against ``key``, then the signature."""
     alg = parsed.header["alg"]
     curve = CURVE_BY_JWT_ALG.get(alg)
     if curve is None:
@@ -387,7 +396,6 @@ def verify_service_jwt(
         raise BadJwtSignature(f"jwt alg {alg} does not match the issuer's {key.curve} key")
     if not key.verify(parsed.signing_input, parsed.signature, allow_high_s=True):
         raise BadJwtSignature("jwt signature does not match jwt issuer")
-    return claims
 
 
 # -- HS256 session tokens ---------------------------------------------------------
