@@ -31,14 +31,14 @@ from urllib.parse import urlsplit
 import httpx
 
 from roost.errors import RoostError
-from roost.identity import IdentityDirectory
+from roost.identity import IdentityDirectory, Service
 from roost.lexicon import Catalog
 from roost.syntax import is_valid_did
 
 from feedgen.plugins import FEED_COLLECTION
 from feedgen.publish import PublishError, Session, XrpcFailed, xrpc_get
 
-__all__ = ["DoctorReport", "Finding", "diagnose"]
+__all__ = ["DoctorReport", "FeedLocation", "Finding", "diagnose", "locate"]
 
 GET_FEED_SKELETON: Final = "app.bsky.feed.getFeedSkeleton"
 _SYMBOLS: Final = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
@@ -79,6 +79,107 @@ def _explain(exc: Exception) -> str:
     return str(exc)
 
 
+@dataclass(frozen=True, slots=True)
+class FeedLocation:
+    """Where a feed is served, as an AppView finds it (checks 1-4).
+
+    ``uri`` is the feed's URI with the publisher as a DID; ``endpoint`` the
+    origin of the service's ``#bsky_fg`` entry.
+    """
+
+    uri: str
+    publisher: str
+    record: dict[str, Any]
+    service_did: str
+    service: Service
+    endpoint: str
+
+
+async def locate(
+    feed_uri: str,
+    report: DoctorReport,
+    *,
+    http: httpx.AsyncClient,
+    identity: IdentityDirectory,
+    catalog: Catalog,
+) -> FeedLocation | None:
+    """Follow ``feed_uri`` to its service endpoint, adding a finding per step to
+    ``report``; None (the last finding says why) when a step fails."""
+    # 1. the URI
+    prefix = "at://"
+    parts = feed_uri[len(prefix) :].split("/") if feed_uri.startswith(prefix) else []
+    if len(parts) != 3 or parts[1] != FEED_COLLECTION or not parts[2]:
+        report.add("feed URI", "fail",
+                   f"{feed_uri!r} is not at://<publisher>/{FEED_COLLECTION}/<record key>")
+        return None
+    authority, _, rkey = parts
+    publisher = authority
+    if not is_valid_did(authority):
+        try:
+            publisher = await identity.lookup_handle(authority)
+        except RoostError as exc:
+            report.add("feed URI", "fail", f"the handle {authority} does not resolve: {_explain(exc)}")
+            return None
+    canonical = f"at://{publisher}/{FEED_COLLECTION}/{rkey}"
+    report.add("feed URI", "ok", f"publisher {publisher}, record key {rkey}")
+
+    # 2. the publisher's PDS
+    try:
+        doc = await identity.lookup_did(publisher)
+    except RoostError as exc:
+        report.add("publisher", "fail", f"{publisher} does not resolve: {_explain(exc)}")
+        return None
+    if doc.pds_endpoint is None:
+        report.add("publisher", "fail", f"{publisher}'s DID document names no PDS (#atproto_pds)")
+        return None
+    report.add("publisher", "ok", f"repository on {doc.pds_endpoint}")
+
+    # 3. the record
+    try:
+        out = await xrpc_get(http, doc.pds_endpoint, "com.atproto.repo.getRecord",
+                             {"repo": publisher, "collection": FEED_COLLECTION, "rkey": rkey})
+    except (XrpcFailed, PublishError) as exc:
+        hint = " (publish it with roost feedgen publish)" if isinstance(exc, XrpcFailed) else ""
+        report.add("record", "fail", f"cannot fetch the generator record: {_explain(exc)}{hint}")
+        return None
+    record = out.get("value") if isinstance(out, dict) else None
+    if not isinstance(record, dict):
+        report.add("record", "fail", "getRecord returned no record value")
+        return None
+    try:
+        catalog.validate_record(FEED_COLLECTION, record)
+    except RoostError as exc:
+        report.add("record", "fail", f"the record is not a valid {FEED_COLLECTION}: {exc.message}")
+        return None
+    service_did: str = record["did"]
+    report.add("record", "ok", f"{record.get('displayName')!r} served by {service_did}")
+
+    # 4. the service DID document
+    try:
+        service_doc = await identity.lookup_did(service_did)
+    except RoostError as exc:
+        where = " (did:web documents live at https://<host>/.well-known/did.json)" \
+            if service_did.startswith("did:web:") else ""
+        report.add("service DID", "fail", f"{service_did} does not resolve: {_explain(exc)}{where}")
+        return None
+    service = service_doc.service("bsky_fg")
+    if service is None:
+        report.add("service DID", "fail",
+                   f"{service_did}'s document has no #bsky_fg service: AppViews cannot find the feed")
+        return None
+    if service.type != "BskyFeedGenerator":
+        report.add("service DID", "fail",
+                   f"the #bsky_fg service has type {service.type!r}, not 'BskyFeedGenerator'")
+        return None
+    endpoint = service_doc.service_endpoint("bsky_fg", "BskyFeedGenerator")
+    if endpoint is None:
+        report.add("service DID", "fail",
+                   f"the #bsky_fg serviceEndpoint {service.endpoint!r} is not an http(s) origin")
+        return None
+    report.add("service DID", "ok", f"#bsky_fg endpoint {endpoint}")
+    return FeedLocation(canonical, publisher, record, service_did, service, endpoint)
+
+
 async def diagnose(
     feed_uri: str,
     *,
@@ -91,79 +192,12 @@ async def diagnose(
     """Run every check against ``feed_uri`` (see the module docstring)."""
     catalog = catalog or Catalog.load()
     report = DoctorReport()
-
-    # 1. the URI
-    prefix = "at://"
-    parts = feed_uri[len(prefix) :].split("/") if feed_uri.startswith(prefix) else []
-    if len(parts) != 3 or parts[1] != FEED_COLLECTION or not parts[2]:
-        report.add("feed URI", "fail",
-                   f"{feed_uri!r} is not at://<publisher>/{FEED_COLLECTION}/<record key>")
+    found = await locate(feed_uri, report, http=http, identity=identity, catalog=catalog)
+    if found is None:
         return report
-    authority, _, rkey = parts
-    publisher = authority
-    if not is_valid_did(authority):
-        try:
-            publisher = await identity.lookup_handle(authority)
-        except RoostError as exc:
-            report.add("feed URI", "fail", f"the handle {authority} does not resolve: {_explain(exc)}")
-            return report
-    canonical = f"at://{publisher}/{FEED_COLLECTION}/{rkey}"
-    report.add("feed URI", "ok", f"publisher {publisher}, record key {rkey}")
-
-    # 2. the publisher's PDS
-    try:
-        doc = await identity.lookup_did(publisher)
-    except RoostError as exc:
-        report.add("publisher", "fail", f"{publisher} does not resolve: {_explain(exc)}")
-        return report
-    if doc.pds_endpoint is None:
-        report.add("publisher", "fail", f"{publisher}'s DID document names no PDS (#atproto_pds)")
-        return report
-    report.add("publisher", "ok", f"repository on {doc.pds_endpoint}")
-
-    # 3. the record
-    try:
-        out = await xrpc_get(http, doc.pds_endpoint, "com.atproto.repo.getRecord",
-                             {"repo": publisher, "collection": FEED_COLLECTION, "rkey": rkey})
-    except (XrpcFailed, PublishError) as exc:
-        hint = " (publish it with roost feedgen publish)" if isinstance(exc, XrpcFailed) else ""
-        report.add("record", "fail", f"cannot fetch the generator record: {_explain(exc)}{hint}")
-        return report
-    record = out.get("value") if isinstance(out, dict) else None
-    if not isinstance(record, dict):
-        report.add("record", "fail", "getRecord returned no record value")
-        return report
-    try:
-        catalog.validate_record(FEED_COLLECTION, record)
-    except RoostError as exc:
-        report.add("record", "fail", f"the record is not a valid {FEED_COLLECTION}: {exc.message}")
-        return report
-    service_did: str = record["did"]
-    report.add("record", "ok", f"{record.get('displayName')!r} served by {service_did}")
-
-    # 4. the service DID document
-    try:
-        service_doc = await identity.lookup_did(service_did)
-    except RoostError as exc:
-        where = " (did:web documents live at https://<host>/.well-known/did.json)" \
-            if service_did.startswith("did:web:") else ""
-        report.add("service DID", "fail", f"{service_did} does not resolve: {_explain(exc)}{where}")
-        return report
-    service = service_doc.service("bsky_fg")
-    if service is None:
-        report.add("service DID", "fail",
-                   f"{service_did}'s document has no #bsky_fg service: AppViews cannot find the feed")
-        return report
-    if service.type != "BskyFeedGenerator":
-        report.add("service DID", "fail",
-                   f"the #bsky_fg service has type {service.type!r}, not 'BskyFeedGenerator'")
-        return report
-    endpoint = service_doc.service_endpoint("bsky_fg", "BskyFeedGenerator")
-    if endpoint is None:
-        report.add("service DID", "fail",
-                   f"the #bsky_fg serviceEndpoint {service.endpoint!r} is not an http(s) origin")
-        return report
-    report.add("service DID", "ok", f"#bsky_fg endpoint {endpoint}")
+    canonical, service_did, service, endpoint = (
+        found.uri, found.service_did, found.service, found.endpoint
+    )
 
     # 5. the endpoint URL
     raw = service.endpoint if isinstance(service.endpoint, str) else endpoint
