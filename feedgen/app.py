@@ -17,7 +17,8 @@ Requesters are authenticated by service-auth JWTs (``Authorization: Bearer``),
 checked on every request that carries one: signature by the ``#atproto``
 key of the issuer's DID document, ``aud`` the service DID (bare or
 ``#bsky_fg``), ``lxm`` ``app.bsky.feed.getFeedSkeleton``, ``exp``, and a
-``jti`` not seen before. A bad token is refused with 401 even on an
+``jti`` not seen before (without replay protection, a token that verified is
+remembered until it expires: :mod:`feedgen.auth`). A bad token is refused with 401 even on an
 anonymous feed; a request without one is served only by feeds that allow
 anonymous readers.
 
@@ -43,7 +44,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from roost.auth import KeyResolver, ServiceAuth, optional
+from roost.auth import KeyResolver, optional
 from roost.crypto import PublicKey
 from roost.errors import AuthRequired, RoostError
 from roost.identity import IdentityDirectory, IdentityResolver
@@ -51,11 +52,13 @@ from roost.lexicon import Catalog
 from roost.xrpc import Output, XrpcContext, XrpcRouter
 
 from feedgen.algos import register_builtins
+from feedgen.auth import RememberingServiceAuth
 from feedgen.config import FeedgenConfig, load_feeds_file
 from feedgen.indexer import HostTracker, Indexer
 from feedgen.plugins import Feed, FeedConfigError, FeedRequest, Registry, check_unique, default_feeds
 from feedgen.readers import ReaderKeeper
 from feedgen.runner import Runner
+from feedgen.stats import FeedStats
 from feedgen.storage import IndexStore, open_store
 
 __all__ = [
@@ -101,6 +104,7 @@ class FeedgenContext:
     readers: ReaderKeeper | None = None
     identity: IdentityDirectory | None = None
     started: float = field(default_factory=time.time)
+    stats: FeedStats = field(default_factory=FeedStats)
 
 
 def build_registry(config: FeedgenConfig) -> Registry:
@@ -180,9 +184,12 @@ async def get_feed_skeleton(ctx: XrpcContext) -> Output:
     feed = fg.feeds.get(uri)
     if feed is None:
         raise UnknownFeed(f"this feed generator does not serve {uri}")
+    fg.stats.request(uri)
     requester = ctx.auth.did
     if requester is None and not feed.anonymous:
-        raise AuthRequired(f"feed {feed.rkey} needs a signed-in requester (a service token)")
+        refusal = AuthRequired(f"feed {feed.rkey} needs a signed-in requester (a service token)")
+        fg.stats.failed(uri, refusal)
+        raise refusal
     assert fg.runner is not None
     request = FeedRequest(
         feed=uri,
@@ -192,7 +199,11 @@ async def get_feed_skeleton(ctx: XrpcContext) -> Output:
         options=feed.options,
         languages=_languages(ctx.request.headers.get("accept-language")),
     )
-    body, language = await fg.runner.run(feed, request)
+    try:
+        body, language = await fg.runner.run(feed, request)
+    except Exception as exc:
+        fg.stats.failed(uri, exc)
+        raise
     if language:
         ctx.response_headers["Content-Language"] = language
     return Output(body, "application/json")
@@ -244,7 +255,7 @@ def create_app(
         return await fg.identity.resolve_key(did, force_refresh=force_refresh)
 
     auth = optional(
-        ServiceAuth(
+        RememberingServiceAuth(
             (config.did, f"{config.did}#{SERVICE_ID}"),
             keys,
             replay_cache=config.replay_protection,
@@ -266,7 +277,8 @@ def create_app(
         health=health,
         global_rate_limit=None,
     )
-    router.query(GET_FEED_SKELETON, auth=auth, global_rate_limit=False)(get_feed_skeleton)
+    if config.serves:  # an indexer-only process serves no feeds
+        router.query(GET_FEED_SKELETON, auth=auth, global_rate_limit=False)(get_feed_skeleton)
     router.query(DESCRIBE_FEED_GENERATOR, global_rate_limit=False)(describe_feed_generator)
 
     @asynccontextmanager
@@ -292,7 +304,7 @@ def create_app(
             fg.readers = ReaderKeeper(fg.store)
             reader.on_reader = fg.readers.note
             tasks.append(asyncio.create_task(fg.readers.run(), name="feedgen-readers"))
-        if config.relay_url:
+        if config.relay_url and config.indexes:
             fg.indexer = Indexer(
                 fg.store,
                 config.relay_url,
@@ -304,10 +316,10 @@ def create_app(
                 allow_local=config.allow_local,
             )
             tasks.append(asyncio.create_task(fg.indexer.run(), name="feedgen-indexer"))
-        if any(feed.options.get("host") for feed in fg.feeds.values()):
+        if config.indexes and any(feed.options.get("host") for feed in fg.feeds.values()):
             fg.hosts = HostTracker(fg.store, fg.identity)
             tasks.append(asyncio.create_task(fg.hosts.run(), name="feedgen-hosts"))
-        if config.retention_days > 0:
+        if config.indexes and config.retention_days > 0:
             tasks.append(asyncio.create_task(_prune_forever(fg), name="feedgen-retention"))
         app.state.feedgen = fg
         try:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,13 @@ def add_commands(
     serve.add_argument("--service-did", help="the service's DID (default did:web:<hostname>)")
     serve.add_argument("--publisher-did", help="default publisher of the feeds")
     serve.add_argument("--feeds", dest="feeds_file", help="feeds file (TOML)")
-    serve.add_argument("--database", help="index database (default <data-dir>/feedgen.sqlite)")
+    serve.add_argument("--database", help="index database: a SQLite file (default "
+                       "<data-dir>/feedgen.sqlite) or a postgresql:// URL")
+    serve.add_argument(
+        "--role", choices=("all", "indexer", "server"),
+        help="all: index and serve (default); indexer: only index (one per index); "
+             "server: only serve feeds from an index another process writes",
+    )
     serve.add_argument(
         "--plugin", action="append", dest="plugins", metavar="MODULE[:NAME]",
         help="load algorithms from a module (repeatable)",
@@ -54,7 +61,8 @@ def add_commands(
 
     backfill = sub.add_parser("backfill", help="index whole repos of accounts or hosts")
     backfill.add_argument("--data-dir", help="the feed generator's data directory")
-    backfill.add_argument("--database", help="index database (default <data-dir>/feedgen.sqlite)")
+    backfill.add_argument("--database", help="index database: a SQLite file (default "
+                          "<data-dir>/feedgen.sqlite) or a postgresql:// URL")
     backfill.add_argument("--did", action="append", dest="dids", default=[], metavar="DID",
                           help="an account to index (repeatable)")
     backfill.add_argument("--host", action="append", dest="hosts", default=[], metavar="URL",
@@ -109,9 +117,10 @@ def _fail(command: str, message: str, status: int = 1) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from feedgen.app import create_app
+    from feedgen.app import build_feeds, build_registry, create_app
     from feedgen.config import FeedgenConfig
-    from roost.server import ServerStartupError, run
+    from feedgen.storage import open_store
+    from roost.errors import RoostError
 
     try:
         config = FeedgenConfig.from_env(
@@ -132,12 +141,60 @@ def _serve(args: argparse.Namespace) -> int:
             retention_days=args.retention_days,
             fulltext=args.fulltext,
             allow_local=args.allow_local,
+            role=args.role,
         )
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        app = create_app(config)
+        registry = build_registry(config)
+        feeds = build_feeds(config, registry)
     except (ValueError, OSError) as exc:
         return _fail("serve", str(exc), 2)
+    # The index is opened here, not in the app, so that a second indexer or an
+    # unreachable database stops the start with a plain message.
+    fulltext = config.fulltext
+    if fulltext is None and config.indexes:
+        fulltext = any(feed.algorithm.name == "keyword" for feed in feeds.values())
+    try:
+        store = open_store(config.database_location, fulltext=fulltext)
+    except (ValueError, OSError) as exc:
+        return _fail("serve", str(exc))
+    with contextlib.ExitStack() as held:
+        held.callback(store.close)
+        try:
+            if config.indexes and config.relay_url:
+                held.enter_context(_indexer_claim(store, config.database_location))
+            app = create_app(config, registry=registry, feeds=list(feeds.values()), store=store)
+        except (RoostError, ValueError, OSError) as exc:
+            return _fail("serve", str(exc))
+        return _run_app(app, config)
+
+
+@contextlib.contextmanager
+def _indexer_claim(store: Any, location: str) -> Iterator[None]:
+    """Be the one indexer of this index while the block runs; refuse a second one."""
+    claim = getattr(store, "claim_indexer", None)
+    if claim is not None:  # PostgreSQL: a session advisory lock, released when the store closes
+        claim()
+        yield
+        return
+    import fcntl
+
+    with open(f"{location}.indexer-lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"another indexer is already writing {location} "
+                "(run this process with --role server, or stop the other indexer)"
+            ) from None
+        yield
+
+
+def _run_app(app: Any, config: Any) -> int:
+    from roost.database import redact_url
+    from roost.server import ServerStartupError, run
+
     fg = app.state.feedgen
+    print(f"role {config.role}: index {redact_url(config.database_location)}", file=sys.stderr)
     for uri, feed in fg.feeds.items():
         who = "anyone" if feed.anonymous else "signed-in readers"
         print(f"feed {uri} ({feed.algorithm.name}, {who})", file=sys.stderr)

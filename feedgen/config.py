@@ -40,6 +40,8 @@ __all__ = ["FeedSpec", "FeedgenConfig", "load_feeds_file"]
 
 #: Default port (``roost up``: base port 2582 + 3).
 DEFAULT_PORT: Final = 2585
+#: The values of ``role``.
+ROLES: Final = ("all", "indexer", "server")
 _SPEC_KEYS: Final = frozenset(
     {"rkey", "algorithm", "options", "anonymous", "display_name", "description", "publisher"}
 )
@@ -66,8 +68,12 @@ class FeedgenConfig:
     #: Where to start reading a firehose the index has no cursor for (None: live).
     start_cursor: int | None = None
     plc_url: str = "https://plc.directory"
-    #: SQLite file (default ``<data-dir>/feedgen.sqlite``).
+    #: SQLite file (default ``<data-dir>/feedgen.sqlite``) or a ``postgresql://`` URL.
     database: str | None = None
+    #: What this process does with the index: ``all`` (index and serve), ``indexer``
+    #: (index, place authors' hosts, prune; no feeds served) or ``server`` (serve feeds
+    #: only). Several servers and one indexer can share a PostgreSQL index.
+    role: str = "all"
     feeds_file: Path | None = None
     #: Extra algorithms: ``package.module`` or ``package.module:name``.
     plugins: tuple[str, ...] = ()
@@ -116,6 +122,10 @@ class FeedgenConfig:
             raise ValueError("start_cursor must not be negative")
         if self.batch_size < 1 or self.batch_delay_s < 0 or self.retention_days < 0:
             raise ValueError("batch_size, batch_delay_s and retention_days must be positive")
+        if self.role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, not {self.role!r}")
+        if self.role == "indexer" and not self.relay_url:
+            raise ValueError("an indexer needs a firehose to index: set relay_url (--relay-url)")
         for url in (self.public_url, self.relay_url):
             if url is not None and urlsplit(url).scheme not in ("http", "https", "ws", "wss"):
                 raise ValueError(f"{url!r} is not an http(s) or ws(s) URL")
@@ -152,6 +162,16 @@ class FeedgenConfig:
     @property
     def publisher(self) -> str:
         return self.publisher_did or self.did
+
+    @property
+    def indexes(self) -> bool:
+        """This process writes the index (role ``all`` or ``indexer``)."""
+        return self.role != "server"
+
+    @property
+    def serves(self) -> bool:
+        """This process answers getFeedSkeleton (role ``all`` or ``server``)."""
+        return self.role != "indexer"
 
     @property
     def database_location(self) -> str:

@@ -19,9 +19,9 @@ CID bytes, and ``id`` a number the store assigns, which only breaks ties
 between byte-identical records of different accounts. Keys are unique and
 never change, so a cursor holding the last key can neither skip nor repeat.
 
-The embedded store is :mod:`feedgen.sqlite`; :func:`open_store` picks the
-implementation from the database location, so a PostgreSQL store can be
-added behind the same interfaces.
+The embedded store is :mod:`feedgen.sqlite`, the shared one
+:mod:`feedgen.postgres`; :func:`open_store` picks the implementation from the
+database location.
 """
 
 from __future__ import annotations
@@ -330,14 +330,17 @@ class IndexStore(Protocol):
 
 
 def open_store(location: str | Path, *, fulltext: bool | None = None) -> IndexStore:
-    """The store at ``location``: a SQLite file path (PostgreSQL URLs are not built yet).
+    """The store at ``location``: a SQLite file path, or a ``postgresql://`` URL
+    (:mod:`feedgen.postgres`, imported only then).
 
     ``fulltext``: keep a full-text index of post text (for keyword feeds),
     drop it, or (None) leave it as it is.
     """
     text = str(location)
     if text.startswith(("postgres://", "postgresql://")):
-        raise ValueError("a PostgreSQL feed index is not available in this version")
+        from feedgen.postgres import PostgresIndex
+
+        return PostgresIndex(text, fulltext=fulltext)
     from feedgen.sqlite import SqliteIndex
 
     return SqliteIndex(Path(text), fulltext=fulltext)

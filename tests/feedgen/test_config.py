@@ -89,3 +89,30 @@ def test_serve_refuses_a_broken_configuration(
     (tmp_path / "feeds.toml").write_text("[[feed]]\nrkey = 'a'\nalgorithm = 'nope'\n")
     assert main(["feedgen", "serve", "--data-dir", str(tmp_path), "--port", "0"]) == 2
     assert "no algorithm named 'nope'" in capsys.readouterr().err
+
+
+def test_roles_say_what_a_process_does_with_the_index(tmp_path: Path) -> None:
+    both = FeedgenConfig(data_dir=tmp_path)
+    assert (both.role, both.indexes, both.serves) == ("all", True, True)
+    server = FeedgenConfig.from_env({"ROOST_ROLE": "server"}, data_dir=tmp_path)
+    assert (server.indexes, server.serves) == (False, True)
+    indexer = FeedgenConfig(data_dir=tmp_path, role="indexer", relay_url="wss://relay.test")
+    assert (indexer.indexes, indexer.serves) == (True, False)
+    with pytest.raises(ValueError, match="an indexer needs a firehose"):
+        FeedgenConfig(data_dir=tmp_path, role="indexer")
+    with pytest.raises(ValueError, match="role must be one of"):
+        FeedgenConfig(data_dir=tmp_path, role="frontend")
+
+
+def test_serve_refuses_a_second_indexer_of_a_sqlite_index(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import fcntl
+
+    database = tmp_path / "feedgen.sqlite"
+    with open(f"{database}.indexer-lock", "a") as held:  # the first indexer
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        args = ["feedgen", "serve", "--role", "indexer", "--relay-url", "ws://127.0.0.1:9",
+                "--data-dir", str(tmp_path), "--database", str(database), "--port", "0"]
+        assert main(args) == 1
+    assert "another indexer is already writing" in capsys.readouterr().err

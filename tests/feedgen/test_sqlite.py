@@ -1,15 +1,19 @@
-"""The SQLite feed index: batches, cursors, counters, and pagination that never skips or repeats."""
+"""The feed index on SQLite and PostgreSQL: batches, cursors, counters, and pagination that
+never skips or repeats."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from feedgen.postgres import IndexerRunning, PostgresIndex
 from feedgen.sqlite import HOT_HALF_LIFE_MS, FulltextOff, SqliteIndex
 from feedgen.storage import (
     ActorHost,
@@ -19,6 +23,7 @@ from feedgen.storage import (
     PostRow,
     PurgeAccount,
     RepostRow,
+    IndexStore,
     SortKey,
     open_store,
 )
@@ -27,11 +32,13 @@ from tests.feedgen.helpers import follow, like, post, repost, store
 A, B, C, V = "did:plc:aaa", "did:plc:bbb", "did:plc:ccc", "did:plc:viewer"
 
 
+MakeIndex = Callable[..., IndexStore]
+
+
 @pytest.fixture
-def index(tmp_path: Path) -> Iterator[SqliteIndex]:
-    s = store(tmp_path)
-    yield s
-    s.close()
+def index(make_index: MakeIndex) -> IndexStore:
+    """An empty index on each engine."""
+    return make_index()
 
 
 def pages(fetch: Callable[[int, SortKey | None], list[FeedItem]], limit: int) -> list[FeedItem]:
@@ -47,7 +54,7 @@ def pages(fetch: Callable[[int, SortKey | None], list[FeedItem]], limit: int) ->
 
 
 def test_apply_saves_rows_and_cursor_together_and_reapplying_changes_nothing(
-    index: SqliteIndex,
+    index: IndexStore,
 ) -> None:
     ops = [post(A, "1", 10), post(B, "2", 20), like(C, "l", f"at://{A}/app.bsky.feed.post/1"),
            follow(V, A)]
@@ -59,7 +66,7 @@ def test_apply_saves_rows_and_cursor_together_and_reapplying_changes_nothing(
     assert index.reader().like_count(f"at://{A}/app.bsky.feed.post/1") == 1
 
 
-def test_a_failed_batch_keeps_neither_rows_nor_cursor(index: SqliteIndex) -> None:
+def test_a_failed_batch_keeps_neither_rows_nor_cursor(index: IndexStore) -> None:
     index.apply([post(A, "1", 10)], cursor=("s", 1))
     second = post(A, "2", 20)
     # the repeat of ``second`` commits a first run of the batch before the bad op fails
@@ -69,7 +76,7 @@ def test_a_failed_batch_keeps_neither_rows_nor_cursor(index: SqliteIndex) -> Non
     assert index.counts()["posts"] == 1
 
 
-def test_ops_on_one_uri_apply_in_order(index: SqliteIndex) -> None:
+def test_ops_on_one_uri_apply_in_order(index: IndexStore) -> None:
     p = post(A, "1", 10)
     gone = Delete("app.bsky.feed.post", p.uri)
     index.apply([p, gone])
@@ -78,7 +85,7 @@ def test_ops_on_one_uri_apply_in_order(index: SqliteIndex) -> None:
     assert index.counts()["posts"] == 1
 
 
-def test_like_counts_and_hot_scores_follow_likes_in_any_order(index: SqliteIndex) -> None:
+def test_like_counts_and_hot_scores_follow_likes_in_any_order(index: IndexStore) -> None:
     p = post(A, "1", 1_000)
     index.apply([like(B, "1", p.uri), like(C, "1", p.uri)])  # likes before the post
     index.apply([p])
@@ -93,7 +100,7 @@ def test_like_counts_and_hot_scores_follow_likes_in_any_order(index: SqliteIndex
     assert reader.like_count(p.uri) == 0 and reader.hot(10) == []
 
 
-def test_hot_ranking_decays_with_age(index: SqliteIndex) -> None:
+def test_hot_ranking_decays_with_age(index: IndexStore) -> None:
     old = post(A, "old", 0)
     new = post(B, "new", HOT_HALF_LIFE_MS * 2)  # two half-lives younger
     ops: list[object] = [old, new]
@@ -105,8 +112,8 @@ def test_hot_ranking_decays_with_age(index: SqliteIndex) -> None:
     assert [h.post for h in index.reader().hot(10)] == [new.uri, old.uri]
 
 
-def test_topics_and_deletes_keep_derived_tables_in_step(tmp_path: Path) -> None:
-    index = store(tmp_path, fulltext=True)
+def test_topics_and_deletes_keep_derived_tables_in_step(make_index: MakeIndex) -> None:
+    index = make_index(fulltext=True)
     cats = post(A, "1", 10, text="a cat", tags=("cats", "pets"), langs=("en",), mentions=(B,))
     dogs = post(B, "2", 20, text="a dog", tags=("dogs", "pets"), langs=("de",))
     index.apply([cats, dogs])
@@ -123,25 +130,25 @@ def test_topics_and_deletes_keep_derived_tables_in_step(tmp_path: Path) -> None:
     index.close()
 
 
-def test_the_fulltext_index_comes_and_goes_on_demand(tmp_path: Path) -> None:
-    index = store(tmp_path)
+def test_the_fulltext_index_comes_and_goes_on_demand(make_index: MakeIndex) -> None:
+    index = make_index()
     index.apply([post(A, "1", 10, text="hello world")])
     with pytest.raises(FulltextOff):
         index.reader().search(["hello"], 5)
     index.close()
-    index = store(tmp_path, fulltext=True)  # built from the posts already indexed
+    index = make_index(fulltext=True)  # built from the posts already indexed
     assert len(index.reader().search(["hello"], 5)) == 1
     index.close()
-    index = store(tmp_path)  # None: left as it is (a backfill does not drop it)
+    index = make_index()  # None: left as it is (a backfill does not drop it)
     assert index.fulltext
     index.close()
-    index = store(tmp_path, fulltext=False)
+    index = make_index(fulltext=False)
     assert not index.fulltext
     index.apply([post(A, "2", 20, text="hello again")])
     index.close()
 
 
-def test_purge_removes_an_account_and_its_likes(index: SqliteIndex) -> None:
+def test_purge_removes_an_account_and_its_likes(index: IndexStore) -> None:
     mine = post(A, "1", 10)
     theirs = post(B, "1", 20)
     index.apply([mine, theirs, like(A, "1", theirs.uri), follow(A, B), repost(A, "1", theirs.uri, 5),
@@ -155,7 +162,7 @@ def test_purge_removes_an_account_and_its_likes(index: SqliteIndex) -> None:
     assert index.reader().like_count(theirs.uri) == 0
 
 
-def test_following_merges_posts_and_reposts_of_followed_accounts(index: SqliteIndex) -> None:
+def test_following_merges_posts_and_reposts_of_followed_accounts(index: IndexStore) -> None:
     index.apply([
         follow(V, A), follow(V, B),
         post(A, "a1", 10), post(B, "b1", 20), post(C, "c1", 30), post(V, "v1", 25),
@@ -169,7 +176,7 @@ def test_following_merges_posts_and_reposts_of_followed_accounts(index: SqliteIn
     assert index.reader().following("did:plc:nobody", 10) == []
 
 
-def test_latest_by_host_uses_placed_authors(index: SqliteIndex) -> None:
+def test_latest_by_host_uses_placed_authors(index: IndexStore) -> None:
     index.apply([post(A, "1", 10), post(B, "1", 20), post(C, "1", 30)])
     assert sorted(index.unknown_authors(10)) == [A, B, C]
     index.apply([ActorHost(A, "pds.one"), ActorHost(C, "pds.one"), ActorHost(B, "pds.two")])
@@ -178,14 +185,14 @@ def test_latest_by_host_uses_placed_authors(index: SqliteIndex) -> None:
     assert reader.host_of(B) == "pds.two" and index.unknown_authors(10) == []
 
 
-def test_latest_can_leave_out_replies(index: SqliteIndex) -> None:
+def test_latest_can_leave_out_replies(index: IndexStore) -> None:
     top = post(A, "1", 10)
     index.apply([top, post(B, "2", 20, reply_to=top.uri)])
     assert [i.post for i in index.reader().latest(10, replies=False)] == [top.uri]
     assert len(index.reader().latest(10, authors=[A, B], replies=False)) == 1
 
 
-def test_graph_queries(index: SqliteIndex) -> None:
+def test_graph_queries(index: IndexStore) -> None:
     index.apply([follow(V, A), follow(B, A), BlockRow(f"at://{C}/app.bsky.graph.block/1", C, V, 0),
                  BlockRow(f"at://{V}/app.bsky.graph.block/1", V, B, 0)])
     reader = index.reader()
@@ -196,7 +203,7 @@ def test_graph_queries(index: SqliteIndex) -> None:
     assert stored is None
 
 
-def test_prune_forgets_old_posts_reposts_and_likes(index: SqliteIndex) -> None:
+def test_prune_forgets_old_posts_reposts_and_likes(index: IndexStore) -> None:
     old, new = post(A, "1", 10), post(A, "2", 1_000)
     index.apply([old, new, like(B, "1", new.uri, at=5), repost(B, "1", old.uri, 5),
                  like(C, "1", new.uri, at=2_000)])
@@ -204,7 +211,7 @@ def test_prune_forgets_old_posts_reposts_and_likes(index: SqliteIndex) -> None:
     assert index.counts() == {"posts": 1, "likes": 1, "reposts": 0, "follows": 0, "blocks": 0}
 
 
-def test_reader_works_from_other_threads_and_sees_new_versions(index: SqliteIndex) -> None:
+def test_reader_works_from_other_threads_and_sees_new_versions(index: IndexStore) -> None:
     reader = index.reader()
     before = reader.version()
     index.apply([post(A, "1", 10)])
@@ -216,11 +223,34 @@ def test_reader_works_from_other_threads_and_sees_new_versions(index: SqliteInde
     assert seen == [1]
 
 
-def test_open_store_refuses_what_it_cannot_open(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="PostgreSQL"):
-        open_store("postgresql://localhost/feeds")
+def test_open_store_opens_a_file_or_a_database(tmp_path: Path, postgres_dsn: str) -> None:
     s = open_store(tmp_path / "x.sqlite")
+    assert isinstance(s, SqliteIndex)
     s.close()
+    s = open_store(postgres_dsn)
+    assert isinstance(s, PostgresIndex)
+    s.close()
+    s.close()  # twice is harmless
+
+
+def test_open_store_explains_an_unreachable_database_without_its_password() -> None:
+    with pytest.raises(OSError, match="cannot reach the feed index") as caught:
+        open_store("postgresql://me:secret@127.0.0.1:1/feeds")
+    assert "secret" not in str(caught.value)
+
+
+def test_a_second_indexer_is_refused_until_the_first_closes(postgres_dsn: str) -> None:
+    first, second = PostgresIndex(postgres_dsn), PostgresIndex(postgres_dsn)
+    try:
+        first.claim_indexer()
+        with pytest.raises(IndexerRunning, match="--role server"):
+            second.claim_indexer()
+        second.apply([post(A, "1", 10)])  # other writers (a backfill) are not refused
+        first.close()
+        second.claim_indexer()
+    finally:
+        first.close()
+        second.close()
 
 
 # -- pagination, against a model ------------------------------------------------------------
@@ -255,7 +285,7 @@ def _post_specs(
     mask=st.integers(0, 3),
 )
 def test_pages_neither_skip_nor_repeat(
-    tmp_path_factory: pytest.TempPathFactory,
+    make_index: MakeIndex,
     specs: list[tuple[str, int, bool, int, str]],
     follows: set[str],
     unfollow: set[str],
@@ -266,7 +296,7 @@ def test_pages_neither_skip_nor_repeat(
     """Many ties (same ms, byte-identical records of different accounts), deletes, replies,
     reposts, a reader kept before, between or never: every page walk returns each expected
     item exactly once, newest first."""
-    index = store(tmp_path_factory.mktemp("model"))
+    index = make_index(fresh=True)
     me = AUTHORS[0]
     try:
         posts: list[PostRow] = []
@@ -297,7 +327,9 @@ def test_pages_neither_skip_nor_repeat(
         posts = [r for r in posts if r.uri not in gone]
         reader = index.reader()
         seen: list[tuple[str, bool]] = []
-        reader.on_reader = lambda did, kept: seen.append((did, kept))
+        reports = isinstance(index, SqliteIndex)  # only SQLite keeps readers for this feed
+        if reports:
+            reader.on_reader = lambda did, kept: seen.append((did, kept))  # type: ignore[attr-defined]
 
         def check(walk: list[FeedItem], expected: list[tuple[str, str | None]]) -> None:
             items = [(i.post, i.repost) for i in walk]
@@ -318,7 +350,7 @@ def test_pages_neither_skip_nor_repeat(
         check(pages(lambda n, b: reader.following(me, n, b), limit),
               as_items([r for r in posts if r.author in following])
               + [(s.subject, s.uri) for s in shares if s.author in following])
-        assert seen and all(kept == (keep is not None) for _, kept in seen)
+        assert not reports or seen and all(kept == (keep is not None) for _, kept in seen)
         wanted = ["t0", "t1"][: 1 + (mask & 1)]
         check(pages(lambda n, b: reader.tagged(wanted, n, b), limit),
               as_items([r for r in posts if set(r.tags) & set(wanted)]))
@@ -326,7 +358,8 @@ def test_pages_neither_skip_nor_repeat(
         index.close()
 
 
-def test_kept_readers_follow_their_follows(index: SqliteIndex) -> None:
+def test_kept_readers_follow_their_follows(tmp_path: Path) -> None:
+    index = store(tmp_path)
     index.apply([follow(V, A), post(A, "1", 10), post(B, "1", 20)])
     assert index.register_readers([V, V], now_ms=5) == 1
     assert index.register_readers([V], now_ms=6) == 0
@@ -347,3 +380,29 @@ def test_kept_readers_follow_their_follows(index: SqliteIndex) -> None:
     index.register_readers([V], now_ms=8)
     index.apply([PurgeAccount(V)])
     assert index._db.execute("SELECT count(*) FROM reader").fetchone()[0] == 0
+    index.close()
+
+
+def test_readers_are_registered_once_and_forgotten_when_quiet(index: IndexStore) -> None:
+    assert index.register_readers([V, V], now_ms=5) == 1
+    assert index.register_readers([V, A], now_ms=6) == 1
+    assert index.forget_readers(seen_before_ms=6) == 0
+    assert index.forget_readers(seen_before_ms=7) == 2
+    assert index.register_readers([V], now_ms=8) == 1
+    index.apply([PurgeAccount(V)])
+    assert index.register_readers([V], now_ms=9) == 1  # the purge let V go
+
+
+def test_reader_answers_on_an_event_loop_too_and_stops_when_closed(make_index: MakeIndex) -> None:
+    index = make_index()
+    index.apply([post(A, "1", 10)])
+    reader = index.reader()
+
+    async def on_a_loop() -> int:  # a built-in algorithm called from the server's loop
+        return len(reader.latest(5))
+
+    assert asyncio.run(on_a_loop()) == 1
+    assert len(reader.latest(5)) == 1
+    index.close()
+    with pytest.raises((RuntimeError, sqlite3.ProgrammingError)):
+        reader.latest(5)
