@@ -19,6 +19,10 @@ Paths follow indigo's relay, so its operators find their way::
 Every state-changing call is recorded in the admin action log (the
 ``admin_action`` table) together with its effect. Without a configured
 password every call is refused.
+
+The dashboard's forms (:mod:`relay.web`) run the same handlers
+(:data:`HOST_ACTIONS`, :data:`REPO_ACTIONS`), so what an operator does in the
+browser is checked, applied and logged exactly like an API call.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from roost.xrpc import error_response, json_response
 
 from relay.core import Relay
 
-__all__ = ["MAX_ADMIN_BODY", "routes"]
+__all__ = ["HOST_ACTIONS", "MAX_ADMIN_BODY", "REPO_ACTIONS", "Handler", "routes"]
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +170,11 @@ async def action_log(relay: Relay, request: Request, body: dict[str, Any]) -> An
     limit = request.query_params.get("limit", str(PAGE))
     count = max(1, min(int(limit), PAGE)) if limit.isdigit() else PAGE
     return {"actions": relay.store.admin_actions(int(before) if before.isdigit() else None, count)}
+
+
+#: The dashboard's host and repo buttons: form ``action`` -> the API handler run.
+HOST_ACTIONS: Final[dict[str, Handler]] = {"ban": block_host, "unban": unblock_host}
+REPO_ACTIONS: Final[dict[str, Handler]] = {"takedown": take_down, "restore": reverse_takedown}
 
 
 def routes() -> list[Route]:

@@ -152,6 +152,8 @@ class Consumer:
     events_sent: int = 0
     bytes_sent: int = 0
     raw: bool = False
+    #: The last frame sent (its seq, read when asked, is how far the consumer has got).
+    last_frame: bytes | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -227,6 +229,7 @@ class Fanout:
         try:
             async for batch in batches:
                 consumer.events_sent += len(batch)
+                consumer.last_frame = batch[-1]
                 if raw is not None:
                     data = self.framed(batch)
                     consumer.bytes_sent += len(data)

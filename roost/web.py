@@ -15,7 +15,8 @@ module holds what they have in common:
   body within a size limit (no multipart dependency);
 - **signed cookies**: :class:`Signer` (HMAC-SHA256 over a JSON payload with an
   expiry) and :class:`SessionCookie` (HttpOnly, SameSite=Strict, Secure on
-  https) for an operator's login;
+  https) for an operator's login; :class:`AdminSession` is that login for a
+  service with one admin password;
 - **CSRF**: :class:`CsrfGuard`, a signed double-submit token. Each browser gets
   a random ``roost_csrf`` cookie (HttpOnly, SameSite=Strict); every form carries
   ``HMAC(key, cookie)``, which a page on another site can neither read nor
@@ -45,6 +46,7 @@ from starlette.routing import Route
 from roost.errors import PayloadTooLarge, RoostError, UnsupportedMediaType
 
 __all__ = [
+    "AdminSession",
     "CSRF_COOKIE",
     "CSRF_FIELD",
     "MAX_FORM_BYTES",
@@ -83,6 +85,7 @@ _FORM_TYPE = "application/x-www-form-urlencoded"
 _SECURITY_HEADERS: Final = {
     "Content-Security-Policy": (
         "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; "
         "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
@@ -226,16 +229,21 @@ def safe_next(url: str | None, default: str) -> str:
 
 
 @cache
-def _static(name: str) -> bytes:
-    return resources.files("roost").joinpath(name).read_bytes()
+def _static(name: str, package: str = "roost") -> bytes:
+    return resources.files(package).joinpath(name).read_bytes()
 
 
-def static_routes() -> list[Route]:
-    """``/static/roost.css`` and ``/static/roost.js``: the shared stylesheet and script."""
+def static_routes(*extra: tuple[str, str, str, str]) -> list[Route]:
+    """``/static/roost.css`` and ``/static/roost.js``: the shared stylesheet and script.
 
-    def serve(name: str, media_type: str) -> Callable[[Request], Any]:
+    ``extra``: more files a service's pages use, as ``(path, package, resource,
+    media type)``, e.g. ``("/static/relay.js", "relay.web", "relay.js",
+    "text/javascript; charset=utf-8")``.
+    """
+
+    def serve(name: str, media_type: str, package: str = "roost") -> Callable[[Request], Any]:
         async def endpoint(request: Request) -> Response:
-            body = _static(name)
+            body = _static(name, package)
             etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
             headers = {
                 "Cache-Control": f"public, max-age={STATIC_MAX_AGE_S}",
@@ -251,6 +259,7 @@ def static_routes() -> list[Route]:
     return [
         Route("/static/roost.css", serve("web.css", "text/css; charset=utf-8")),
         Route("/static/roost.js", serve("web.js", "text/javascript; charset=utf-8")),
+        *(Route(path, serve(name, media, package)) for path, package, name, media in extra),
     ]
 
 
@@ -355,6 +364,55 @@ def _cookie(
     response.set_cookie(
         name, value, max_age=max_age, path=path, secure=secure, httponly=True, samesite="strict"
     )
+
+
+class AdminSession:
+    """An operator signed in with the service's admin password, as a session cookie.
+
+    The cookie's key comes from ``secret`` *and* the password, so changing the
+    password ends every session. Without a password nobody can sign in.
+    """
+
+    SUBJECT: Final = "admin"
+
+    def __init__(
+        self,
+        password: str | None,
+        secret: str | bytes,
+        *,
+        cookie: str,
+        max_age: int,
+        path: str = "/",
+        secure: bool = False,
+    ) -> None:
+        self._password = password or None
+        self.cookie: SessionCookie | None = None
+        if self._password is not None:
+            raw = secret.encode("utf-8") if isinstance(secret, str) else secret
+            key = derive_key(raw + b"\0" + self._password.encode("utf-8"), f"{cookie} session")
+            self.cookie = SessionCookie(cookie, Signer(key), max_age=max_age, path=path,
+                                        secure=secure)
+
+    @property
+    def enabled(self) -> bool:
+        return self.cookie is not None
+
+    def password_matches(self, given: str) -> bool:
+        if self._password is None:
+            return False
+        return hmac.compare_digest(given.encode("utf-8"), self._password.encode("utf-8"))
+
+    def signed_in(self, request: Request) -> bool:
+        return self.cookie is not None and self.cookie.subject(request) == self.SUBJECT
+
+    def sign_in(self, response: Response) -> None:
+        if self.cookie is None:
+            raise ValueError("no admin password is configured")
+        self.cookie.issue(response, self.SUBJECT)
+
+    def sign_out(self, response: Response) -> None:
+        if self.cookie is not None:
+            self.cookie.clear(response)
 
 
 class SessionCookie:
