@@ -10,7 +10,7 @@ temporary folder and checks the page does not scroll sideways on a phone.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +76,23 @@ def screens(tmp_path: Path) -> Iterator[Screens]:
     shots = Screens(tmp_path / "screenshots")
     yield shots
     print(f"\n{len(shots.taken)} screenshots in {shots.folder}")
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A fresh desktop-sized page in its own browser context."""
+    context = browser.new_context(viewport=DESKTOP)
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+def fill_join_form(page: Any, handle: str, email: str, password: str, answers: Sequence[str]) -> None:
+    """Fill the PDS public page's join form (rules accepted) without submitting it."""
+    page.fill("#handle", handle)
+    page.fill("#email", email)
+    page.fill("#password", password)
+    for number, answer in enumerate(answers, 1):
+        page.fill(f"#answer_{number}", answer)
+    page.check("input[name=accept_rules]")

@@ -29,7 +29,7 @@ from atproto import Client
 
 from feedgen.app import create_app as create_feedgen_app
 from feedgen.config import FeedgenConfig
-from tests.e2e.conftest import DESKTOP, Screens
+from tests.e2e.conftest import Screens, fill_join_form
 from tests.e2e.test_web_pds import _check_items, _sign_in
 from tests.pds.conftest import PASSWORD, Network, running_network
 from tests.relay.helpers import ADMIN_PASSWORD as RELAY_PASSWORD
@@ -86,15 +86,6 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
             feedgen.stop()
 
 
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport=DESKTOP)
-    context.set_default_timeout(15_000)
-    page = context.new_page()
-    yield page
-    context.close()
-
-
 def _reload_until(page: Any, url: str, done: Callable[[], bool], what: str) -> None:
     """Load ``url`` until ``done()`` holds for the loaded page."""
     deadline = time.monotonic() + SETTLE_S
@@ -124,12 +115,7 @@ def test_join_post_see_it_everywhere_then_ban(page: Any, stack: Stack, screens: 
     for question in QUESTIONS:
         expect(page.locator("#join")).to_contain_text(question)
     screens(page, "pds-public")
-    page.fill("#handle", "marina")
-    page.fill("#email", "marina@example.com")
-    page.fill("#password", PASSWORD)
-    page.fill("#answer_1", "The Heron")
-    page.fill("#answer_2", "The harbour master")
-    page.check("input[name=accept_rules]")
+    fill_join_form(page, "marina", "marina@example.com", PASSWORD, ["The Heron", "The harbour master"])
     page.click("form.join button[type=submit]")
     expect(page.locator("h1")).to_have_text("Application received")
 

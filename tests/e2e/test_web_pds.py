@@ -22,7 +22,7 @@ sync_api = pytest.importorskip("playwright.sync_api")
 from atproto import Client
 from atproto_client.exceptions import RequestErrorBase
 
-from tests.e2e.conftest import DESKTOP, Screens
+from tests.e2e.conftest import Screens, fill_join_form
 from tests.pds.conftest import PASSWORD, Network, running_network
 from tests.servers import free_port
 
@@ -51,15 +51,6 @@ def _community(tmp: Path, **overrides: Any) -> Any:
 def net(tmp_path: Path) -> Iterator[Network]:
     with _community(tmp_path) as network:
         yield network
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport=DESKTOP)
-    context.set_default_timeout(15_000)
-    page = context.new_page()
-    yield page
-    context.close()
 
 
 @pytest.fixture
@@ -114,12 +105,7 @@ def test_apply_approve_post_and_check_visibility(
     screens(page, "home")
 
     # a handle the server refuses: the form comes back with the reason and the answers
-    page.fill("#handle", "al")
-    page.fill("#email", "alice@example.com")
-    page.fill("#password", PASSWORD)
-    page.fill("#answer_1", "4711")
-    page.fill("#answer_2", "Platform <b>team</b> & friends")
-    page.check("input[name=accept_rules]")
+    fill_join_form(page, "al", "alice@example.com", PASSWORD, ["4711", "Platform <b>team</b> & friends"])
     page.click("form.join button[type=submit]")
     expect(page.locator("#join .msg.bad")).to_contain_text("Handle name must be 3 to 18 characters")
     expect(page.locator("#handle")).to_have_value("al")
