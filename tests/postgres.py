@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import os
 import pwd
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -26,6 +27,8 @@ from tests.servers import free_port
 __all__ = ["PostgresServer", "PostgresUnavailable", "find_bindir"]
 
 _START_TIMEOUT_S = 60
+#: How often the watchdog looks for the test process.
+_WATCHDOG_POLL_S = 2
 
 
 class PostgresUnavailable(RuntimeError):
@@ -55,6 +58,7 @@ class PostgresServer:
         self.data = self.root / "data"
         self.user = "roost"
         self._run_as: str | None = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
         if os.geteuid() == 0:
             try:
                 pwd.getpwnam("postgres")
@@ -88,13 +92,33 @@ class PostgresServer:
         if result.returncode != 0:
             log = (self.root / "server.log").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"PostgreSQL did not start: {result.stderr}\n{log}")
+        self._watchdog = self._start_watchdog()
+
+    def _start_watchdog(self) -> subprocess.Popen[bytes]:
+        """A detached shell that stops the server once this process is gone.
+
+        A test run killed before its teardown (a timeout, Ctrl-C twice, kill -9)
+        would otherwise leave the server and its folder behind.
+        """
+        stop = " ".join(shlex.quote(a) for a in self._stop_cmd())
+        script = (
+            f"while kill -0 {os.getpid()} 2>/dev/null; do sleep {_WATCHDOG_POLL_S}; done; "
+            f"{stop} >/dev/null 2>&1; rm -rf {shlex.quote(str(self.root))}"
+        )
+        return subprocess.Popen(
+            ["sh", "-c", script], start_new_session=True,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+
+    def _stop_cmd(self) -> list[str]:
+        return self._cmd(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
+                         "-w", "stop")
 
     def stop(self) -> None:
-        subprocess.run(
-            self._cmd(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
-                      "-w", "stop"),
-            capture_output=True, timeout=60,
-        )
+        if self._watchdog is not None:
+            self._watchdog.kill()
+            self._watchdog.wait()
+        subprocess.run(self._stop_cmd(), capture_output=True, timeout=60)
         shutil.rmtree(self.root, ignore_errors=True)
 
     def dsn(self, database: str = "postgres") -> str:
