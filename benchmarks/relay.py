@@ -793,7 +793,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float)
     parser.add_argument("--consumers", help="comma-separated consumer counts (default 1,50)")
     parser.add_argument("--json", help="also write the results here")
+    from benchmarks.relay_frontends import add_arguments as add_frontend_arguments
+
+    add_frontend_arguments(parser)  # --database, --frontends: the PostgreSQL frontends mode
     args = parser.parse_args(argv)
+    if args.frontends or args.database:
+        from benchmarks.relay_frontends import run as run_frontends
+
+        return run_frontends(args)
     base = QUICK if args.quick else FULL
     plan = Plan(
         dids=args.dids or base.dids,

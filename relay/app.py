@@ -2,8 +2,8 @@
 
 Routes: the ``com.atproto.sync.*`` methods (:mod:`relay.api`) and
 ``subscribeRepos`` (:mod:`relay.fanout`) under ``/xrpc/``, ``/xrpc/_health``,
-the operator's ``/admin/`` API (:mod:`relay.admin`), a plain-text banner at
-``/``, and, when :mod:`roost.jetstream` is installed, a Jetstream
+the operator's ``/admin/`` API (:mod:`relay.admin`), the dashboard at
+``/`` (:mod:`relay.web`), and, when :mod:`roost.jetstream` is installed, a Jetstream
 endpoint at ``/subscribe`` fed by the same sequencer and log.
 
 Serve it with :data:`SERVER_OPTIONS` (``roost relay serve`` does): they
@@ -21,18 +21,16 @@ from contextlib import asynccontextmanager
 from typing import Any, Final
 
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
 
 from roost import __version__
 from roost.lexicon import Catalog
 from roost.xrpc import XrpcRouter
 
-from relay import admin, api
+from relay import admin, api, web
 from relay.config import RelayConfig
 from relay.core import Relay
 from relay.fanout import FanoutWebSocketProtocol
+from relay.frontend import create_relay
 
 __all__ = ["SERVER_HEADER", "SERVER_OPTIONS", "create_app"]
 
@@ -49,7 +47,7 @@ SERVER_OPTIONS: Final[dict[str, Any]] = {
 
 def create_app(config: RelayConfig, *, catalog: Catalog | None = None) -> Starlette:
     """A relay app for ``config`` (its state lives in ``config.data_dir``)."""
-    relay = Relay(config)
+    relay = create_relay(config)
 
     async def health() -> dict[str, Any]:
         return relay.health()
@@ -69,13 +67,7 @@ def create_app(config: RelayConfig, *, catalog: Catalog | None = None) -> Starle
         finally:
             await relay.stop()
 
-    async def root(request: Request) -> Response:
-        return PlainTextResponse(
-            f"This is an AT Protocol relay (roost {config.version}).\n"
-            "Firehose: /xrpc/com.atproto.sync.subscribeRepos\n"
-        )
-
-    routes: list[Any] = [Route("/", root), *admin.routes(), *router.routes]
+    routes: list[Any] = [*web.routes(relay), *admin.routes(), *router.routes]
     jetstream = _jetstream_route(relay)
     if jetstream is not None:
         routes.insert(1, jetstream)

@@ -20,6 +20,7 @@ def serve(args: argparse.Namespace) -> int:
             port=args.port,
             data_dir=args.data_dir,
             database=args.database,
+            role=getattr(args, "role", None),
             plc_url=args.plc_url,
             crawl=tuple(args.crawl) if args.crawl else None,
             admin_password=args.admin_password,

@@ -17,8 +17,12 @@ from typing import Any, Final
 
 from roost import __version__
 from roost import config as roost_config
+from roost.database import is_postgres_url, redact_url
 
-__all__ = ["RelayConfig", "SQLITE_FILE"]
+__all__ = ["ROLES", "RelayConfig", "SQLITE_FILE"]
+
+#: What a relay process does (``--role``).
+ROLES: Final = ("all", "ingest", "frontend")
 
 #: The database file in the data directory when ``database`` is not set.
 SQLITE_FILE: Final = "relay.sqlite"
@@ -32,8 +36,13 @@ class RelayConfig:
     host: str = "127.0.0.1"
     port: int = 2584
     data_dir: Path = Path("roost-data/relay")
-    #: SQLite file (a path or ``sqlite:///path``); default ``<data_dir>/relay.sqlite``.
+    #: SQLite file (a path or ``sqlite:///path``; default ``<data_dir>/relay.sqlite``)
+    #: or a ``postgresql://`` URL (a log several relay processes share).
     database: str | None = None
+    #: ``all`` (crawl, verify, append and serve), ``ingest`` (the same; the one
+    #: writer of a shared log) or ``frontend`` (serve a shared PostgreSQL log
+    #: that an ingest process writes; see :mod:`relay.frontend`).
+    role: str = "all"
     plc_url: str = "https://plc.directory"
     #: Hosts subscribed to at start (operator's list: no daily quota, no describeServer check).
     crawl: tuple[str, ...] = ()
@@ -97,7 +106,15 @@ class RelayConfig:
             raise ValueError("new_hosts_per_day must not be negative")
         if self.verify_workers is not None and self.verify_workers < 0:
             raise ValueError("verify_workers must not be negative")
-        self.database_path  # noqa: B018 - checks the database setting
+        if self.role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, got {self.role!r}")
+        if self.postgres_url is None:
+            self.database_path  # noqa: B018 - checks the database setting
+            if self.role == "frontend":
+                raise ValueError(
+                    "the frontend role serves the event log an ingest process writes to a shared"
+                    " database: --database must be a postgresql:// URL"
+                )
 
     # -- derived -----------------------------------------------------------
 
@@ -114,11 +131,16 @@ class RelayConfig:
         if db.startswith(_SQLITE_SCHEME):
             # SQLAlchemy's form: sqlite:///relative.db, sqlite:////absolute.db
             return Path(db[len(_SQLITE_SCHEME) :])
-        if db.startswith(("postgres://", "postgresql://")):
-            raise ValueError("PostgreSQL storage is not available in this version; use SQLite")
+        if is_postgres_url(db):
+            raise ValueError(f"{redact_url(db)} is a PostgreSQL database, not a SQLite file")
         if "://" in db:
             raise ValueError(f"unsupported database URL {db!r}")
         return Path(db)
+
+    @property
+    def postgres_url(self) -> str | None:
+        """The ``postgresql://`` URL of the database, or None for SQLite."""
+        return self.database if is_postgres_url(self.database) else None
 
     @property
     def workers(self) -> int:
@@ -140,6 +162,8 @@ class RelayConfig:
             f.name: ("***" if f.name in _SECRETS and getattr(self, f.name) else getattr(self, f.name))
             for f in fields(self)
         }
+        if self.database:
+            shown["database"] = redact_url(self.database)
         return "RelayConfig(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
 

@@ -6,10 +6,14 @@ The writer takes everything queued, gives each event the next seq, encodes
 its frame once, and stores all of it in **one** transaction (one fsync for
 many events and many hosts); only when that transaction is durable does it
 publish the frames to the :class:`~roost.sequencer.Sequencer` and answer the
-submitters. So an event is on disk before anyone sees it, a seq is never
-reused (the highest one is kept in ``meta``; a failed transaction leaves a
-gap, which the protocol allows), and a host cursor is stored together with
-exactly the events it covers.
+submitters. So an event is on disk before anyone sees it, and a host cursor
+is stored together with exactly the events it covers. On SQLite a seq is
+never reused (the highest one is kept in ``meta``; a failed transaction
+leaves a gap, which the protocol allows). A store that numbers events inside
+its transaction (``numbers_events``: :mod:`relay.postgres`) may renumber the
+batch from the log's head; the writer then publishes and answers with the
+seqs that were stored, and after a failure it numbers from the last
+committed seq again, so that log has no gaps.
 
 Time of an event (for the replay window) is the relay's clock when it was
 sequenced, kept non-decreasing so "the first event at or after T" is a seq.
@@ -171,53 +175,63 @@ class EventWriter:
 
     async def _commit(self, batch: list[_Queued]) -> None:
         writes = WriteSet()
-        frames: list[tuple[int, bytes]] = []
-        seqs: list[list[int]] = []
         now_ms = max(int(self.clock() * 1000), self._last_time_ms)
         self._last_time_ms = now_ms
         first_seq = self.last_seq
+        events: list[OutEvent] = []
+        counts: list[int] = []
         for item in batch:
             sub = item.submission
             writes.statements.extend(sub.statements)
-            mine: list[int] = []
-            for event in sub.events:
-                self.last_seq += 1
-                seq = self.last_seq
-                event.body["seq"] = seq
-                frame = _frame(event.t, event.body)
-                writes.events.append((seq, event.uid, now_ms, frame))
-                frames.append((seq, frame))
-                mine.append(seq)
-            seqs.append(mine)
+            events.extend(sub.events)
+            counts.append(len(sub.events))
             writes.accounts.update(sub.accounts)
             if sub.cursor is not None:
                 writes.cursors[sub.cursor[0]] = sub.cursor[1]
             writes.host_counts.update(sub.host_counts)
-        if frames:
-            writes.last_seq = self.last_seq
+
+        def number(first: int) -> list[tuple[int, int, int, bytes]]:
+            out = []
+            for seq, event in enumerate(events, first):
+                event.body["seq"] = seq
+                out.append((seq, event.uid, now_ms, _frame(event.t, event.body)))
+            return out
+
+        if events:
+            writes.events = number(first_seq + 1)
+            writes.last_seq = first_seq + len(events)
+            writes.renumber = number
         try:
             await asyncio.to_thread(self.store.commit, writes)
         except Exception as exc:
             self.failures += 1
             log.exception(
-                "relay log transaction failed events=%d seqs=%d..%d", len(frames), first_seq + 1,
-                self.last_seq,
+                "relay log transaction failed events=%d seqs=%d..%d", len(events), first_seq + 1,
+                first_seq + len(events),
             )
+            if not getattr(self.store, "numbers_events", False):
+                self.last_seq = first_seq + len(events)  # never reused: the failed seqs are a gap
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(exc)
             if self.on_failure is not None:
                 self.on_failure(exc)
             return
+        # the store may have numbered the events from its own head
+        frames = [(seq, frame) for seq, _, _, frame in writes.events]
+        if frames:
+            self.last_seq = frames[-1][0]
         self.commits += 1
         self.events_written += len(frames)
         self.committed_seq = self.last_seq
         self.committed_number = batch[-1].number
         if frames:
             self.sequencer.publish(frames)
-        for item, mine in zip(batch, seqs):
+        start = 0
+        for item, count in zip(batch, counts):
             if not item.future.done():
-                item.future.set_result(mine)
+                item.future.set_result([seq for seq, _ in frames[start : start + count]])
+            start += count
 
     async def prune(self, window_s: float, max_bytes: int) -> int:
         """Delete events past the replay window or the size cap; returns how many."""
@@ -269,13 +283,16 @@ class EventLogReader:
             raise RuntimeError("the relay is not running")
         return self.store
 
+    async def page(self, seq: int, limit: int) -> list[tuple[int, int, bytes]]:
+        """Stored ``(seq, uid, frame)`` after ``seq``, unfiltered (read in a worker thread)."""
+        return await asyncio.to_thread(self._store().events_after, seq, limit)
+
     async def read_after(self, seq: int, limit: int) -> list[tuple[int, bytes]]:
         out: list[tuple[int, bytes]] = []
         # A short page means "the end of the log" to the sequencer: keep reading
         # past events that are filtered out until the page is full or the log ends.
-        store = self._store()
         while len(out) < limit:
-            rows = await asyncio.to_thread(store.events_after, seq, limit)
+            rows = await self.page(seq, limit)
             hidden = self.takendown
             out.extend((s, frame) for s, uid, frame in rows if uid not in hidden)
             if len(rows) < limit:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
-from relay.storage import AccountState, HostRow, Statement, WriteSet
+from relay.storage import AccountState, HostRow, Statement, WriteSet, prune_cut
 from roost.database import migrate_sqlite
 
 __all__ = ["MIGRATIONS", "READ_POOL_SIZE", "SCHEMA_VERSION", "SqliteStore"]
@@ -313,13 +313,7 @@ class SqliteStore:
             rows = conn.execute(
                 "SELECT seq, time_ms, length(frame) FROM event ORDER BY seq LIMIT ?", (batch,)
             ).fetchall()
-            cut: int | None = None
-            freed = 0
-            for seq, time_ms, size in rows:
-                if time_ms >= before_time_ms and total - freed <= max_bytes:
-                    break
-                cut = seq
-                freed += size
+            cut, freed = prune_cut(rows, total, before_time_ms, max_bytes)
             if cut is None:
                 return 0
             deleted = conn.execute("DELETE FROM event WHERE seq <= ?", (cut,)).rowcount

@@ -15,13 +15,14 @@ Everything written because of upstream events goes through one call,
 :meth:`Store.commit` with a :class:`WriteSet`: the events with their seqs,
 the account rows they changed and the host cursors they advance land in one
 transaction, so a cursor never runs ahead of (or behind) the events and
-state it covers. SQLite is the default backend (:mod:`relay.sqlite`); a
-PostgreSQL backend implements the same protocol.
+state it covers. SQLite is the default backend (:mod:`relay.sqlite`);
+:mod:`relay.postgres` implements the same protocol on PostgreSQL, where
+several relay processes share one log.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -36,6 +37,7 @@ __all__ = [
     "Statement",
     "Store",
     "WriteSet",
+    "prune_cut",
 ]
 
 #: ``com.atproto.sync.defs#hostStatus``.
@@ -155,6 +157,11 @@ class WriteSet:
     statements: list[Statement] = field(default_factory=list)
     #: The highest seq ever assigned, when it moves.
     last_seq: int | None = None
+    #: The events again, numbered from a given first seq (frames re-encoded). A
+    #: backend that assigns seqs inside its transaction (``numbers_events``)
+    #: calls it when the log's head is not where the writer expected, and
+    #: leaves the events it stored in :attr:`events`.
+    renumber: Callable[[int], list[tuple[int, int, int, bytes]]] | None = None
 
     def __bool__(self) -> bool:
         return bool(
@@ -205,3 +212,22 @@ class Store(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def prune_cut(
+    rows: Sequence[Sequence[int]], total_bytes: int, before_time_ms: int, max_bytes: int
+) -> tuple[int | None, int]:
+    """Where pruning stops: the last seq to delete (None: nothing) and the bytes freed.
+
+    ``rows`` are the oldest events as ``(seq, time_ms, size)`` in seq order; an
+    event goes if it is older than ``before_time_ms`` or the log is still
+    larger than ``max_bytes`` without it.
+    """
+    cut: int | None = None
+    freed = 0
+    for seq, time_ms, size in rows:
+        if time_ms >= before_time_ms and total_bytes - freed <= max_bytes:
+            break
+        cut = seq
+        freed += size
+    return cut, freed

@@ -328,7 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
     relay_sub = relay.add_subparsers(dest="action", metavar="ACTION", required=True)
     relay_serve = relay_sub.add_parser("serve", help="serve a relay")
     _add_service_flags(relay_serve)
-    relay_serve.add_argument("--database", help="SQLite file (default <data-dir>/relay.sqlite)")
+    relay_serve.add_argument(
+        "--database",
+        help="SQLite file (default <data-dir>/relay.sqlite) or postgresql:// URL",
+    )
+    relay_serve.add_argument(
+        "--role", choices=("all", "ingest", "frontend"),
+        help="all (default), ingest (the one writer of a shared PostgreSQL log), "
+        "or frontend (serve subscribeRepos from that log)",
+    )
     relay_serve.add_argument("--plc-url", help="did:plc directory URL")
     relay_serve.add_argument(
         "--crawl", action="append", metavar="URL", help="host to subscribe to (repeatable)"
@@ -343,6 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
     from feedgen.cli import add_commands as add_feedgen_commands
 
     add_feedgen_commands(commands, _add_service_flags)
+
+    from feedgen.show import add_command as add_feed_command
+
+    add_feed_command(commands)
+
+    from roost.db import add_commands as add_db_commands
+
+    add_db_commands(commands)
 
     repo = commands.add_parser("repo", help="offline repository tools")
     repo_sub = repo.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -405,7 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--new-password", help="password on the new PDS (default: the same)")
     migrate.add_argument("--email", help="email for the new PDS (default: the current one)")
     migrate.add_argument("--invite-code", help="invite code, if the new PDS requires one")
-    migrate.add_argument("--plc-token", help="the confirmation code sent by the current PDS")
+    migrate.add_argument("--plc-token", help="the confirmation code sent by the current PDS "
+                         "(with it, no new code is requested)")
     _add_identity_flags(migrate)
     migrate.add_argument("--yes", action="store_true", help="do not ask before the identity moves")
     migrate.set_defaults(handler=_account_migrate)

@@ -42,10 +42,22 @@ def test_database_setting(tmp_path: Path) -> None:
     assert RelayConfig(data_dir=tmp_path).database_path == tmp_path / "relay.sqlite"
     assert RelayConfig(database="sqlite:////var/relay.db").database_path == Path("/var/relay.db")
     assert RelayConfig(database="relay.db").database_path == Path("relay.db")
-    with pytest.raises(ValueError, match="PostgreSQL"):
-        RelayConfig(database="postgresql://relay@db/relay")
     with pytest.raises(ValueError, match="unsupported"):
         RelayConfig(database="mysql://x")
+
+
+def test_postgres_and_roles() -> None:
+    config = RelayConfig(database="postgresql://relay:s3cret@db/relay", role="frontend")
+    assert config.postgres_url == "postgresql://relay:s3cret@db/relay"
+    assert "s3cret" not in repr(config)
+    with pytest.raises(ValueError, match="PostgreSQL database"):
+        config.database_path  # noqa: B018
+    assert RelayConfig(role="ingest").postgres_url is None
+    with pytest.raises(ValueError, match="postgresql://"):
+        RelayConfig(role="frontend")  # a frontend with SQLite has no shared log to serve
+    with pytest.raises(ValueError, match="role"):
+        RelayConfig(role="mirror")
+    assert RelayConfig.from_env({"ROOST_ROLE": "frontend", "ROOST_DATABASE": "postgres://db/r"}).role == "frontend"
 
 
 def test_admin_password_is_masked() -> None:
