@@ -45,6 +45,7 @@ from relay.core import Relay
 from relay.eventlog import EventLogReader, Submission
 from relay.postgres import PostgresStore
 from relay.registry import HostRuntime, Registry
+from relay.storage import AccountState
 
 __all__ = [
     "CATCH_UP_WAIT_S",
@@ -91,6 +92,12 @@ async def _wait(event: asyncio.Event, timeout: float) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(timeout):
             await event.wait()
+
+
+def _read_only() -> FrontendReadOnly:
+    return FrontendReadOnly(
+        "this relay process is a frontend and changes nothing; use the ingest process's admin API"
+    )
 
 
 class LogTail:
@@ -307,9 +314,30 @@ class Frontend(Relay):
         )
 
     async def _write(self, sub: Submission) -> list[int]:
-        raise FrontendReadOnly(
-            "this relay process is a frontend and changes nothing; use the ingest process's admin API"
-        )
+        raise _read_only()
+
+    # Admin changes are refused before they touch the in-memory registry (the
+    # base class changes it first and writes after).
+    async def ban_host(self, text: str, *, actor: str = "admin") -> HostRuntime:
+        raise _read_only()
+
+    async def unban_host(self, text: str, *, actor: str = "admin") -> HostRuntime:
+        raise _read_only()
+
+    async def set_account_limit(self, text: str, limit: int, *, actor: str = "admin") -> HostRuntime:
+        raise _read_only()
+
+    async def ban_domain(self, domain: str, *, actor: str = "admin") -> None:
+        raise _read_only()
+
+    async def unban_domain(self, domain: str, *, actor: str = "admin") -> None:
+        raise _read_only()
+
+    async def takedown(self, did: str, *, actor: str = "admin", reason: str = "") -> AccountState:
+        raise _read_only()
+
+    async def restore(self, did: str, *, actor: str = "admin") -> AccountState:
+        raise _read_only()
 
     def health(self) -> dict[str, Any]:
         """Extra ``/xrpc/_health`` fields; ``head`` minus ``seq`` is how far behind it is."""

@@ -156,6 +156,7 @@ def test_frontends_serve_one_log_and_a_consumer_moves_between_them(
     # a takedown is the ingest's to make; the frontends follow it, in replay too
     refused = two.admin("repo/takeDown", {"did": bob["did"]})
     assert refused.status_code == 501 and refused.json()["error"] == "MethodNotImplemented"
+    assert not two.relay.registry.takendown  # refused before it changed anything
     assert r.ingest.admin("repo/takeDown", {"did": bob["did"]}).status_code == 200
     wait_for(lambda: bool(two.relay.registry.takendown), what="the takedown on frontend 2")
     replay = read_firehose(two.url, idle=1.0)
