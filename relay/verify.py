@@ -26,6 +26,7 @@ message)``. With ``workers=0`` the same function runs in the server process
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.process
@@ -307,6 +308,11 @@ class Verifier:
             worker.alive = False
             if worker.task is not None:
                 worker.task.cancel()
+            # Shut the socket down now: the transport's close() only takes effect
+            # on a later loop iteration, and the joins below block the loop, so
+            # without this the workers would wait for an EOF that never comes.
+            with contextlib.suppress(OSError):
+                worker.sock.shutdown(socket.SHUT_RDWR)
             if worker.writer is not None:
                 worker.writer.close()
             else:

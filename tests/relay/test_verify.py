@@ -146,8 +146,11 @@ async def test_worker_calls_share_messages_and_keep_their_order() -> None:
         assert (rev, data) == (repo.rev, repo.commit.data.bytes)
         with pytest.raises(RoostError):
             await verifier.check_repo(car, DID, PrivateKey.generate("k256").public_key)
+        processes = [w.process for w in verifier._workers]
     finally:
         verifier.close()
+    # the workers saw the end of their socket and left on their own (not killed)
+    assert [p.exitcode for p in processes] == [0, 0]
     with pytest.raises(RoostError):
         await verifier.verify(good)
 
