@@ -31,6 +31,7 @@ from roost.cid import CID
 from roost.crypto import PrivateKey
 from roost.errors import RepoError, RoostError
 from roost.frames import encode_frame
+from roost.groupcommit import run_group_commits
 from roost.repo import CommitData, Repo, Write
 from roost.tid import TidClock
 
@@ -299,19 +300,7 @@ class Writer:
         self._repos.pop(did, None)
 
     async def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = await self._queue.get()
-            if first is None:
-                break
-            batch = [first]
-            while len(batch) < MAX_BATCH_JOBS and not self._queue.empty():
-                item = self._queue.get_nowait()
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
-            await self._process(batch)
+        await run_group_commits(self._queue, MAX_BATCH_JOBS, self._process)
 
     async def _process(self, batch: list[_Queued]) -> None:
         ctx = WriteContext(self)

@@ -37,6 +37,7 @@ from typing import Any, Final
 
 from roost import cbor
 from roost.frames import encode_frame
+from roost.groupcommit import run_group_commits
 from roost.sequencer import Sequencer
 
 from relay.storage import AccountState, Statement, Store, WriteSet
@@ -159,19 +160,7 @@ class EventWriter:
 
 
     async def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = await self._queue.get()
-            if first is None:
-                break
-            batch = [first]
-            while len(batch) < MAX_SUBMISSIONS_PER_COMMIT and not self._queue.empty():
-                item = self._queue.get_nowait()
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
-            await self._commit(batch)
+        await run_group_commits(self._queue, MAX_SUBMISSIONS_PER_COMMIT, self._commit)
 
     async def _commit(self, batch: list[_Queued]) -> None:
         writes = WriteSet()
