@@ -191,7 +191,7 @@ def _indexer_claim(store: Any, location: str) -> Iterator[None]:
 
 def _run_app(app: Any, config: Any) -> int:
     from roost.database import redact_url
-    from roost.server import ServerStartupError, run
+    from roost.server import run_command
 
     fg = app.state.feedgen
     print(f"role {config.role}: index {redact_url(config.database_location)}", file=sys.stderr)
@@ -200,11 +200,7 @@ def _run_app(app: Any, config: Any) -> int:
         print(f"feed {uri} ({feed.algorithm.name}, {who})", file=sys.stderr)
     for where, why in fg.registry.failures:
         print(f"plugin not loaded: {where}: {why}", file=sys.stderr)
-    try:
-        run(app, config.host, config.port, name="feedgen")
-    except ServerStartupError as exc:
-        return _fail("serve", str(exc))
-    return 0
+    return run_command("roost feedgen serve", "feedgen", lambda: (app, config.host, config.port))
 
 
 # -- backfill ---------------------------------------------------------------------------------

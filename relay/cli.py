@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
+from typing import Any
 
 __all__ = ["serve"]
 
@@ -12,9 +12,9 @@ def serve(args: argparse.Namespace) -> int:
     """Run a relay until SIGINT/SIGTERM; the exit status of the command."""
     from relay.app import SERVER_OPTIONS, create_app
     from relay.config import RelayConfig
-    from roost.server import ServerStartupError, run
+    from roost.server import run_command
 
-    try:
+    def build() -> tuple[Any, str, int]:
         config = RelayConfig.from_env(
             host=args.host,
             port=args.port,
@@ -27,13 +27,6 @@ def serve(args: argparse.Namespace) -> int:
             allow_local=args.allow_local,
         )
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        app = create_app(config)
-    except (ValueError, OSError) as exc:
-        print(f"roost relay serve: {exc}", file=sys.stderr)
-        return 2
-    try:
-        run(app, config.host, config.port, name="relay", **SERVER_OPTIONS)
-    except ServerStartupError as exc:
-        print(f"roost relay serve: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return create_app(config), config.host, config.port
+
+    return run_command("roost relay serve", "relay", build, **SERVER_OPTIONS)

@@ -35,9 +35,9 @@ def _unavailable(name: str) -> Handler:
 def _plc_serve(args: argparse.Namespace) -> int:
     from plc.app import create_app
     from plc.config import PlcConfig
-    from roost.server import ServerStartupError, run
+    from roost.server import run_command
 
-    try:
+    def build() -> tuple[Any, str, int]:
         config = PlcConfig.from_env(
             host=args.host,
             port=args.port,
@@ -46,23 +46,17 @@ def _plc_serve(args: argparse.Namespace) -> int:
             upstream=args.upstream,
         )
         config.data_dir.mkdir(parents=True, exist_ok=True)
-    except (ValueError, OSError) as exc:
-        print(f"roost plc serve: {exc}", file=sys.stderr)
-        return 2
-    try:
-        run(create_app(config), config.host, config.port, name="plc")
-    except ServerStartupError as exc:
-        print(f"roost plc serve: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return create_app(config), config.host, config.port
+
+    return run_command("roost plc serve", "plc", build)
 
 
 def _pds_serve(args: argparse.Namespace) -> int:
     from pds.app import create_app
     from pds.config import PdsConfig
-    from roost.server import ServerStartupError, run
+    from roost.server import run_command
 
-    try:
+    def build() -> tuple[Any, str, int]:
         config = PdsConfig.from_env(
             host=args.host,
             port=args.port,
@@ -76,16 +70,9 @@ def _pds_serve(args: argparse.Namespace) -> int:
             allow_local=args.allow_local,
         )
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        app = create_app(config)
-    except (ValueError, OSError) as exc:
-        print(f"roost pds serve: {exc}", file=sys.stderr)
-        return 2
-    try:
-        run(app, config.host, config.port, name="pds")
-    except ServerStartupError as exc:
-        print(f"roost pds serve: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return create_app(config), config.host, config.port
+
+    return run_command("roost pds serve", "pds", build)
 
 
 def _up(args: argparse.Namespace) -> int:

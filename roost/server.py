@@ -35,7 +35,7 @@ from typing import Any, TextIO
 
 import uvicorn
 
-__all__ = ["ServerStartupError", "Service", "run", "serve", "serve_all"]
+__all__ = ["ServerStartupError", "Service", "run", "run_command", "serve", "serve_all"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -208,3 +208,25 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     except ImportError:
         return None
     return uvloop.new_event_loop  # type: ignore[no-any-return]
+
+
+def run_command(
+    command: str, name: str, build: Callable[[], tuple[Any, str, int]], **options: Any
+) -> int:
+    """A ``roost ... serve`` command: build ``(app, host, port)``, serve it; its exit status.
+
+    A bad flag or environment value, or a data folder that cannot be made
+    (``ValueError``/``OSError`` from ``build``), is exit status 2; a server
+    that cannot start listening is 1. Both print ``command: reason``.
+    """
+    try:
+        app, host, port = build()
+    except (ValueError, OSError) as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        run(app, host, port, name=name, **options)
+    except ServerStartupError as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return 1
+    return 0
