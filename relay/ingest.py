@@ -414,7 +414,9 @@ class Ingest:
             stats["desynchronized"] += 1
             return None
         if acct.rev is not None and rev is not None and rev <= acct.rev:
-            stats["stale_rev"] += 1
+            # a #sync of the revision we hold (a PDS announces a new repo with its
+            # genesis #commit and then a #sync of it) says nothing new: not a failure
+            stats["sync_unchanged" if t == "#sync" and rev == acct.rev else "stale_rev"] += 1
             return None
         return _Action(t, acct, body, doc)
 
@@ -577,7 +579,7 @@ class Ingest:
             stats[f"inactive:{acct.public_status}"] += 1
             return
         if acct.rev is not None and rev <= acct.rev:
-            stats["stale_rev"] += 1
+            stats["sync_unchanged" if t == "#sync" and rev == acct.rev else "stale_rev"] += 1
             return
         error, value = verdicts[action.job]
         if error is None and t == "#commit" and acct.rev is not None and body.get("prevData") is None:

@@ -60,7 +60,9 @@ CHART_SPAN_S: Final = 180.0
 CHART_WIDTH: Final = 600
 CHART_HEIGHT: Final = 140
 #: Host counters that count normal life, not a failure.
-_NOT_FAILURES: Final = frozenset({"connects", "accounts_moved_in", "resyncs_requested", "resyncs_done"})
+_NOT_FAILURES: Final = frozenset(
+    {"connects", "accounts_moved_in", "resyncs_requested", "resyncs_done", "sync_unchanged"}
+)
 _ACCEPTED: Final = "accepted:"
 
 

@@ -215,6 +215,8 @@ def test_queries_admin_and_takedown(two_pdses: tuple[Network, Pds], tmp_path: Pa
         assert hidden_rev not in {c["rev"] for c in commits_of(events, did)}
         counters = relay.host_counters(pds1)
         assert counters["inactive:takendown"] >= 1
+        # the #sync a new account's PDS sends after its genesis commit is nothing new, not a failure
+        assert counters["sync_unchanged"] == 1 and "stale_rev" not in counters
 
         # bans: a banned host's connection is dropped; requestCrawl for it is refused
         ok(relay.admin("pds/block", {"host": pds2.url}))
