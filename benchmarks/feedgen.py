@@ -74,6 +74,8 @@ from urllib.parse import quote
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.xrpc import read_response  # noqa: E402
+
 SKELETON = "app.bsky.feed.getFeedSkeleton"
 PUBLISHER = "did:plc:benchpublisher0000000000"
 FEEDS = ("latest", "whats-hot", "following")
@@ -442,14 +444,7 @@ async def _worker(host: str, port: int, route: str, scrolls: list[list[str]], de
             if start >= deadline:
                 break
             writer.write(request)
-            response_head = await reader.readuntil(b"\r\n\r\n")
-            status = int(response_head[9:12])
-            length = 0
-            for line in response_head.split(b"\r\n")[1:]:
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-                    break
-            body = await reader.readexactly(length)
+            status, body = await read_response(reader)
             end = time.perf_counter()
             if status != 200:
                 out["errors"] += 1

@@ -159,6 +159,17 @@ def serve_main() -> None:
 # -- the load generator --------------------------------------------------------------------
 
 
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """Status and body of one HTTP/1.1 response with a Content-Length (keep-alive)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+            break
+    return int(head[9:12]), await reader.readexactly(length)
+
+
 async def _worker(
     host: str, port: int, request: bytes, deadline: float, warmup_until: float, out: dict[str, Any]
 ) -> None:
@@ -170,14 +181,7 @@ async def _worker(
             if start >= deadline:
                 break
             writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-                    break
-            body = await reader.readexactly(length)
+            status, body = await read_response(reader)
             end = time.perf_counter()
             if start < warmup_until:
                 continue
