@@ -63,6 +63,7 @@ from roost.errors import (
     UnsafeUrl,
 )
 from roost.frames import MAX_FRAME_BYTES, OP_ERROR, OP_MESSAGE, decode_frame
+from roost.groupcommit import run_group_commits
 from roost.identity import DidDocument, IdentityDirectory
 from roost.netguard import GuardedBackend
 from roost.repo import MAX_COMMIT_OPS
@@ -798,23 +799,14 @@ class HostConsumer:
 
         async def prepare() -> None:
             socket_seq = [0]
-            finished = False
+
+            async def one(frames: list[Any]) -> bool:
+                batch = await self.ingest.prepare(host, frames, socket_seq)
+                await prepared.put(batch)
+                return batch.outcome.close is not None
+
             try:
-                while not finished:
-                    first = await frames_in.get()
-                    if first is done:
-                        break
-                    frames = [first]
-                    while len(frames) < MAX_BATCH and not frames_in.empty():
-                        item = frames_in.get_nowait()
-                        if item is done:
-                            finished = True
-                            break
-                        frames.append(item)
-                    batch = await self.ingest.prepare(host, frames, socket_seq)
-                    await prepared.put(batch)
-                    if batch.outcome.close is not None:
-                        break
+                await run_group_commits(frames_in, MAX_BATCH, one, end=done)
             finally:
                 await prepared.put(None)
 
